@@ -48,7 +48,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}: {_first_line(err)}") from None
+        key = f" (key {err.full_key!r})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"invalid config{where}{key}: {_first_line(err)}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""The ``medfm`` command line: one sub-command group per stage of a medical foundation model's life."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+
+from medfm.errors import MedfmError
+from medfm.log import console, setup_logging
+
+app = typer.Typer(help="medfm: curate, pretrain, evaluate and adapt medical foundation models.", no_args_is_help=True)
+data_app = typer.Typer(help="Medical data: sources, corpus building, data cards.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides such as image_size=64 workers=1")]
+
+
+def friendly_errors(command):
+    """Show medfm's own errors (bad input, bad config) as one red line and exit 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        try:
+            return command(*args, **kwargs)
+        except MedfmError as err:
+            console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@data_app.command("sources")
+@friendly_errors
+def data_sources(pattern: Annotated[str, typer.Argument(help="wildcard, e.g. 'icu*'")] = "*") -> None:
+    """List the registered source adapters."""
+    from medfm.data.sources import SOURCES
+
+    table = Table("adapter", "kind", "modality", "anatomy", "license")
+    for name in SOURCES.list(pattern):
+        info = SOURCES.get(name).info
+        table.add_row(name, info.kind, info.modality, info.anatomy, info.license)
+    console.print(table)
+
+
+@data_app.command("build")
+@friendly_errors
+def data_build(
+    config: Annotated[Path, typer.Option("--config", "-c", help="corpus YAML (see configs/data/)")],
+    overrides: Overrides = None,
+) -> None:
+    """Build a de-duplicated, subject-split, sharded 2D pretraining corpus from a list of sources."""
+    from medfm.config import load_config
+    from medfm.data.corpus import CorpusConfig, build_corpus
+
+    summary = build_corpus(load_config(CorpusConfig, config, overrides or []))
+    print_summary(summary)
+
+
+@data_app.command("card")
+@friendly_errors
+def data_card(
+    corpus: Annotated[Path, typer.Option("--corpus", help="a folder made by `medfm data build`")],
+    out: Annotated[Path | None, typer.Option(help="where to write the card (default <corpus>/card)")] = None,
+) -> None:
+    """Write a corpus's data card (Markdown + PNG figures)."""
+    from medfm.data.card import write_card
+
+    path = write_card(corpus, out)
+    console.print(f"data card written to {path}")
+
+
+@data_app.command("query")
+@friendly_errors
+def data_query(
+    sql: Annotated[str, typer.Argument(help="SQL over the table `catalog`")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="a folder made by `medfm data build`")],
+) -> None:
+    """Query a corpus catalog with DuckDB, e.g. "SELECT modality, count(*) FROM catalog GROUP BY 1"."""
+    from medfm.data.catalog import query_catalog
+
+    result = query_catalog(corpus, sql)
+    table = Table(*map(str, result.columns))
+    for row in result.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def quickstart(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/quickstart"),
+) -> None:
+    """Build a small corpus (from MEDFM_DATA_ROOT, or sample files shipped with medfm's dependencies) and show its card."""
+    from medfm.quickstart import run_quickstart
+
+    card = run_quickstart(out)
+    console.print(Markdown(card.read_text()))
+    console.print(f"\n[bold green]quickstart done:[/] corpus and card in {out}")
+
+
+def print_summary(summary: dict) -> None:
+    table = Table("build summary", "value", show_header=True)
+    for key in ("output", "sources", "modalities", "images", "images_before_dedup", "duplicates_removed",
+                "exact_duplicates", "near_duplicates", "skipped_files", "subjects", "subjects_in_several_splits",
+                "seconds"):
+        table.add_row(key, str(summary.get(key)))
+    for key in ("skipped_by_reason", "images_per_split", "subjects_per_split", "shards_per_split"):
+        table.add_row(key, json.dumps(summary.get(key, {})))
+    console.print(table)
+    per_source = Table("source", "samples", "images", "kept", "skipped", "seconds")
+    for name, row in summary.get("per_source", {}).items():
+        per_source.add_row(name, *(str(row[k]) for k in ("samples", "images", "kept", "skipped", "seconds")))
+    console.print(per_source)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,344 @@
+"""Build a 2D pretraining corpus from a list of sources: slice, fit, de-duplicate, split by subject, shard.
+
+Stages (each source in its own process, then one pass over the staged results):
+
+1. *stage*: read the source through its adapter; cut volumes into slices; fit every picture to
+   ``image_size`` x ``image_size`` uint8; hash it (exact and perceptual); PNG-encode it into a staging
+   Parquet file. Files the adapter cannot use are counted by reason.
+2. *dedupe*: drop exact copies, then near copies (perceptual hash within ``near_duplicate_bits``);
+   the first occurrence in config order is kept, and every drop is listed in ``duplicates.parquet``.
+3. *split*: each (source, subject) goes to one split by a keyed hash (``medfm.data.splits``).
+4. *shard*: samples are spread over WebDataset tar shards per split (random shard per sample, so every
+   shard mixes sources) and described in ``catalog.parquet``.
+
+The output folder also holds ``summary.json`` and the run record (resolved config, metrics, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medfm.data.dedup import near_duplicate_groups, perceptual_hash, pixel_digest
+from medfm.data.shards import CATALOG, ShardSetWriter, encode_png
+from medfm.data.sources import open_source
+from medfm.data.splits import check_fractions, subject_splits, subjects_in_several_splits
+from medfm.data.transforms import FIT_MODES, fit_to_size, pictures
+from medfm.errors import ConfigError, DataError
+from medfm.log import get_logger, progress
+from medfm.runs import Run
+
+log = get_logger("data.corpus")
+
+STAGING = "_staging"
+
+
+@dataclass
+class SourceSpec:
+    """One entry of a corpus config's ``sources`` list."""
+
+    adapter: str  # registered source adapter (see `medfm data sources`)
+    root: str  # folder; relative paths are taken from the config's data_root
+    options: dict[str, Any] = field(default_factory=dict)  # keyword options of the adapter
+    slice_axes: list[str] | None = None  # overrides CorpusConfig.slice_axes for this source
+    max_samples: int | None = None  # read at most this many samples (quick looks)
+
+
+@dataclass
+class CorpusConfig:
+    output: str = "corpora/medfm"
+    data_root: str | None = None  # base of relative source roots; default: $MEDFM_DATA_ROOT
+    sources: list[SourceSpec] = field(default_factory=list)
+    image_size: int = 224
+    fit: str = "pad"  # pad (keep aspect), resize (stretch) or crop (centre)
+    slice_axes: list[str] = field(default_factory=lambda: ["axial"])
+    slice_step: int = 1
+    min_slice_foreground: float = 0.1  # drop slices with less non-zero area than this fraction
+    near_duplicate_bits: int = 4  # Hamming radius on 64-bit pHash; -1 keeps near duplicates
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    split_seed: int = 0
+    shard_size: int = 1000  # samples per shard (about)
+    shuffle_seed: int = 0
+    workers: int = 2  # processes staging sources in parallel; 1 stages in this process
+
+
+def validate(config: CorpusConfig) -> None:
+    if not config.sources:
+        raise ConfigError("the corpus config lists no sources")
+    if config.fit not in FIT_MODES:
+        raise ConfigError(f"fit must be one of {FIT_MODES}, got {config.fit!r}")
+    if config.image_size < 8:
+        raise ConfigError(f"image_size must be at least 8, got {config.image_size}")
+    if config.slice_step < 1 or config.shard_size < 1 or config.workers < 1:
+        raise ConfigError("slice_step, shard_size and workers must be positive")
+    try:
+        check_fractions(config.splits)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def resolve_root(spec: SourceSpec, data_root: str | None) -> Path:
+    root = Path(spec.root).expanduser()
+    if root.is_absolute():
+        return root
+    base = data_root or os.environ.get("MEDFM_DATA_ROOT")
+    if not base:
+        raise ConfigError(f"source root {spec.root!r} is relative: set data_root in the config or MEDFM_DATA_ROOT")
+    return Path(base).expanduser() / root
+
+
+@dataclass
+class StageResult:
+    index: int
+    source: str
+    adapter: str
+    info: dict[str, Any]
+    samples: int
+    images: int
+    skipped: list[dict[str, str]]
+    seconds: float
+    staging: str
+
+
+def stage_source(index: int, spec: SourceSpec, root: Path, config: CorpusConfig, staging: Path) -> StageResult:
+    """Stage one source (runs in a worker process): pictures, hashes and PNG bytes into a Parquet file."""
+    started = time.perf_counter()
+    adapter = open_source(spec.adapter, root, **spec.options)
+    if adapter.info.kind not in ("image", "volume", "vqa"):
+        raise ConfigError(f"source {adapter.source!r} ({spec.adapter}) holds {adapter.info.kind} data, not images")
+    axes = spec.slice_axes or config.slice_axes
+    path = staging / f"{index:03d}-{adapter.source}.parquet"
+    rows: list[dict[str, Any]] = []
+    writer: pq.ParquetWriter | None = None
+    samples = 0
+
+    def flush() -> None:
+        nonlocal writer
+        if rows:
+            table = pa.Table.from_pylist(rows)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows.clear()
+
+    for sample in adapter:
+        if spec.max_samples is not None and samples >= spec.max_samples:
+            break
+        samples += 1
+        meta = sample["meta"]
+        original = sample["image"].shape
+        for slice_info, picture in pictures(sample, axes, config.slice_step, config.min_slice_foreground):
+            fitted = fit_to_size(picture, config.image_size, config.fit)
+            rows.append(_row(index, meta, slice_info, original, fitted))
+        if len(rows) >= 256:
+            flush()
+    flush()
+    if writer:
+        writer.close()
+    images = pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+    return StageResult(
+        index=index,
+        source=adapter.source,
+        adapter=spec.adapter,
+        info=asdict(adapter.info) | {"license": adapter.license},
+        samples=samples,
+        images=images,
+        skipped=[asdict(s) for s in adapter.skips.records],
+        seconds=time.perf_counter() - started,
+        staging=str(path),
+    )
+
+
+def _row(source_index, meta, slice_info, original, fitted) -> dict[str, Any]:
+    return {
+        "source_index": source_index,
+        "source": meta["source"],
+        "sample_id": meta["sample_id"],
+        "subject_id": meta["subject_id"],
+        "modality": meta["modality"],
+        "anatomy": meta["anatomy"],
+        "license": meta["license"],
+        "labels": json.dumps(meta.get("labels", {}), sort_keys=True),
+        "official_split": meta.get("official_split"),
+        "slice_axis": slice_info.get("slice_axis"),
+        "slice_index": slice_info.get("slice_index"),
+        "original_shape": json.dumps(list(original)),
+        "channels": int(fitted.shape[0]),
+        "mean": float(fitted.mean() / 255.0),
+        "std": float(fitted.std() / 255.0),
+        "sha256": pixel_digest(fitted),
+        "phash": f"{perceptual_hash(fitted):016x}",
+        "png": encode_png(fitted),
+    }
+
+
+def build_corpus(config: CorpusConfig) -> dict[str, Any]:
+    """Build the corpus described by ``config``; return (and save as summary.json) what it did."""
+    validate(config)
+    roots = [resolve_root(spec, config.data_root) for spec in config.sources]
+    for spec, root in zip(config.sources, roots):
+        if not root.exists():
+            raise DataError(f"source {spec.adapter!r}: folder does not exist: {root}")
+    out = Path(config.output)
+    if out.exists():
+        shutil.rmtree(out)  # a rebuild replaces the corpus whole: stale shards must not survive
+    staging = out / STAGING
+    staging.mkdir(parents=True)
+    run = Run.create(out, config, seeds={"split_seed": config.split_seed, "shuffle_seed": config.shuffle_seed},
+                     data={f"{i}:{s.adapter}": r for i, (s, r) in enumerate(zip(config.sources, roots))})
+    started = time.perf_counter()
+
+    staged = _stage_all(config, roots, staging)
+    for result in staged:
+        run.log(stage="staged", source=result.source, samples=result.samples, images=result.images,
+                skipped=len(result.skipped), seconds=round(result.seconds, 2))
+    if not any(r.images for r in staged):
+        raise DataError("no images were produced by any source; see the skipped-file warnings above")
+    table = pd.concat([pd.read_parquet(r.staging, columns=_STAGED_COLUMNS) for r in staged if r.images],
+                      ignore_index=True)
+
+    table, duplicates = _dedupe(table, config.near_duplicate_bits)
+    table["subject_key"] = table["source"] + "/" + table["subject_id"]
+    split_of = subject_splits(table["subject_key"], config.splits, config.split_seed)
+    table["split"] = table["subject_key"].map(split_of)
+    leaked = subjects_in_several_splits(table)
+    if leaked:  # cannot happen by construction; checked because a leak would be silent otherwise
+        raise AssertionError(f"subjects in several splits: {leaked[:5]}")
+
+    table = _write_shards(table, staged, out, config)
+    table.drop(columns=["source_index", "row"]).to_parquet(out / CATALOG, index=False)
+    duplicates.to_parquet(out / "duplicates.parquet", index=False)
+    shutil.rmtree(staging)
+
+    summary = _summary(config, staged, table, duplicates, time.perf_counter() - started)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "sources.json").write_text(json.dumps([_source_entry(r) for r in staged], indent=2) + "\n")
+    run.log(stage="done", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    run.finish(**{k: summary[k] for k in ("images", "sources", "modalities", "duplicates_removed")})
+    return summary
+
+
+_STAGED_COLUMNS = [
+    "source_index", "source", "sample_id", "subject_id", "modality", "anatomy", "license", "labels",
+    "official_split", "slice_axis", "slice_index", "original_shape", "channels", "mean", "std", "sha256", "phash",
+]
+
+
+def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path) -> list[StageResult]:
+    jobs = list(enumerate(zip(config.sources, roots)))
+    if config.workers == 1 or len(jobs) == 1:
+        return [stage_source(i, spec, root, config, staging)
+                for i, (spec, root) in progress(jobs, "staging sources", unit="sources")]
+    with ProcessPoolExecutor(max_workers=min(config.workers, len(jobs))) as pool:
+        futures = [pool.submit(stage_source, i, spec, root, config, staging) for i, (spec, root) in jobs]
+        results = []
+        for future in progress(futures, "staging sources", unit="sources"):
+            result = future.result()
+            log.info("staged %s: %d samples -> %d images in %.1f s (%d skipped)",
+                     result.source, result.samples, result.images, result.seconds, len(result.skipped))
+            results.append(result)
+    return results
+
+
+def _dedupe(table: pd.DataFrame, near_bits: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop exact then near duplicates, keeping the first occurrence; return (kept, dropped with reasons)."""
+    table = table.sort_values(["source_index"], kind="stable").reset_index(drop=True)
+    table["row"] = table.groupby("source_index").cumcount()
+    first_exact = table.groupby("sha256").cumcount() == 0
+    exact = table[~first_exact].assign(
+        reason="exact", duplicate_of=lambda d: d["sha256"].map(table[first_exact].set_index("sha256")["sample_id"]))
+    kept = table[first_exact].reset_index(drop=True)
+    groups = near_duplicate_groups([int(h, 16) for h in kept["phash"]], near_bits)
+    is_first = np.array(groups) == np.arange(len(kept))
+    near = kept[~is_first].assign(reason="near", duplicate_of=kept["sample_id"].to_numpy()[np.array(groups)[~is_first]])
+    columns = ["source", "sample_id", "subject_id", "slice_axis", "slice_index", "reason", "duplicate_of"]
+    dropped = pd.concat([exact[columns], near[columns]], ignore_index=True)
+    return kept[is_first].reset_index(drop=True), dropped
+
+
+def _write_shards(table: pd.DataFrame, staged: list[StageResult], out: Path, config: CorpusConfig) -> pd.DataFrame:
+    """Copy kept pictures from staging into shards; return the table with ``key`` and ``shard`` columns."""
+    rng = np.random.default_rng(config.shuffle_seed)
+    table = table.copy()
+    table["key"] = [f"{i:09d}" for i in rng.permutation(len(table))]
+    table["shard_index"] = -1
+    writers: dict[str, ShardSetWriter] = {}
+    for split, rows in table.groupby("split"):
+        n_shards = max(1, math.ceil(len(rows) / config.shard_size))
+        table.loc[rows.index, "shard_index"] = rng.permutation(len(rows)) % n_shards
+        writers[split] = ShardSetWriter(out, split, n_shards)
+    record_columns = [c for c in table.columns if c not in ("source_index", "row", "shard_index")]
+    shard_of: dict[tuple[int, int], str] = {}
+    try:
+        for result in progress(staged, "writing shards", unit="sources"):
+            kept = table[table["source_index"] == result.index]
+            entries = dict(zip(kept["row"], kept.to_dict("records")))
+            pngs = (png for batch in pq.ParquetFile(result.staging).iter_batches(columns=["png"], batch_size=512)
+                    for png in batch.column("png").to_pylist()) if result.images else iter(())
+            for row, png in enumerate(pngs):
+                entry = entries.get(row)
+                if entry is None:
+                    continue  # dropped as a duplicate
+                record = {c: _plain(entry[c]) for c in record_columns}
+                writer = writers[entry["split"]]
+                shard_of[(result.index, row)] = writer.write(entry["shard_index"], entry["key"], png, record)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    table["shard"] = [shard_of[(s, r)] for s, r in zip(table["source_index"], table["row"])]
+    return table.drop(columns=["shard_index"]).sort_values("key").reset_index(drop=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _source_entry(result: StageResult) -> dict[str, Any]:
+    return {"source": result.source, "adapter": result.adapter, **result.info}
+
+
+def _summary(config, staged, table, duplicates, seconds) -> dict[str, Any]:
+    skipped: dict[str, int] = {}
+    for result in staged:
+        for skip in result.skipped:
+            skipped[skip["reason"]] = skipped.get(skip["reason"], 0) + 1
+    by_split = table.groupby("split")
+    return {
+        "output": str(config.output),
+        "sources": int(table["source"].nunique()),
+        "modalities": int(table["modality"].nunique()),
+        "images": len(table),
+        "images_before_dedup": len(table) + len(duplicates),
+        "duplicates_removed": len(duplicates),
+        "exact_duplicates": int((duplicates["reason"] == "exact").sum()),
+        "near_duplicates": int((duplicates["reason"] == "near").sum()),
+        "skipped_files": sum(skipped.values()),
+        "skipped_by_reason": skipped,
+        "subjects": int(table["subject_key"].nunique()),
+        "subjects_in_several_splits": len(subjects_in_several_splits(table)),
+        "images_per_split": {k: int(v) for k, v in by_split.size().items()},
+        "subjects_per_split": {k: int(v) for k, v in by_split["subject_key"].nunique().items()},
+        "shards_per_split": {k: int(v) for k, v in by_split["shard"].nunique().items()},
+        "per_source": {
+            r.source: {"samples": r.samples, "images": r.images, "kept": int((table["source"] == r.source).sum()),
+                       "skipped": len(r.skipped), "seconds": round(r.seconds, 2)}
+            for r in staged
+        },
+        "image_size": config.image_size,
+        "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,94 @@
+"""Turning any image sample into 2D uint8 pictures of one target size, as a pretraining corpus stores them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medfm.data.intensity import to_uint8
+
+FIT_MODES = ("pad", "resize", "crop")
+
+
+def volume_slices(
+    volume: np.ndarray,
+    axes: Sequence[str | int],
+    axis_names: Sequence[str] | None = None,
+    *,
+    step: int = 1,
+    min_foreground: float = 0.0,
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """Yield ``(axis_name, index, slice [C, H, W])`` from a ``[C, D, H, W]`` volume.
+
+    ``axes`` name the spatial axes to slice along, either by the names in ``axis_names`` (for example
+    ``"axial"``) or by position 0, 1, 2 (= D, H, W). Slices whose fraction of non-zero pixels (after the
+    volume's own intensity scaling) is below ``min_foreground`` are left out: they are air around the head,
+    not anatomy.
+    """
+    if volume.ndim != 4:
+        raise ValueError(f"expected a [C, D, H, W] volume, got shape {volume.shape}")
+    names = list(axis_names or ("d", "h", "w"))
+    for axis in axes:
+        position = axis if isinstance(axis, int) else _axis_position(axis, names)
+        moved = np.moveaxis(volume, position + 1, 1)  # [C, N, ...]
+        for index in range(0, moved.shape[1], step):
+            plane = moved[:, index]
+            if min_foreground > 0 and np.count_nonzero(plane.max(axis=0)) < min_foreground * plane[0].size:
+                continue
+            yield names[position], index, np.ascontiguousarray(plane)
+
+
+def _axis_position(axis: str, names: list[str]) -> int:
+    if axis in names:
+        return names.index(axis)
+    raise ValueError(f"cannot slice along {axis!r}: this volume's axes are {names}")
+
+
+def fit_to_size(image: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+    """Make a ``[C, H, W]`` image ``size`` x ``size`` uint8.
+
+    ``pad``: scale the longer side to ``size`` (aspect kept), then pad with zeros, centred;
+    ``resize``: stretch to the square; ``crop``: scale the shorter side to ``size``, then centre-crop.
+    """
+    if mode not in FIT_MODES:
+        raise ValueError(f"unknown fit mode {mode!r}; choose one of {FIT_MODES}")
+    image = to_uint8(image)
+    channels, height, width = image.shape
+    if mode == "resize":
+        return _resize(image, size, size)
+    scale = (max if mode == "pad" else min)(size / height, size / width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = _resize(image, new_h, new_w)
+    if mode == "crop":
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return np.ascontiguousarray(resized[:, top : top + size, left : left + size])
+    out = np.zeros((channels, size, size), dtype=np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[:, top : top + new_h, left : left + new_w] = resized
+    return out
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[1:] == (height, width):
+        return image
+    # Antialiased downscaling (Lanczos) keeps fine structure; bicubic is the usual choice for upscaling.
+    shrinking = height * width < image.shape[1] * image.shape[2]
+    method = Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC
+    planes = [np.asarray(Image.fromarray(plane).resize((width, height), method)) for plane in image]
+    return np.stack(planes)
+
+
+def pictures(sample: dict[str, Any], axes: Sequence[str | int], step: int, min_foreground: float):
+    """Yield ``(slice_info, [C, H, W] image)`` for a sample: itself if 2D, its slices if 3D."""
+    image = sample["image"]
+    if image.ndim == 3:
+        yield {}, image
+    elif image.ndim == 4:
+        names = sample["meta"].get("axis_names")
+        for axis, index, plane in volume_slices(image, axes, names, step=step, min_foreground=min_foreground):
+            yield {"slice_axis": axis, "slice_index": index}, plane
+    else:
+        raise ValueError(f"image of shape {image.shape} is neither [C, H, W] nor [C, D, H, W]")
