@@ -14,11 +14,15 @@ from rich.table import Table
 from medfm.errors import MedfmError
 from medfm.log import console, setup_logging
 
-app = typer.Typer(help="medfm: curate, pretrain, evaluate and adapt medical foundation models.", no_args_is_help=True)
+app = typer.Typer(
+    help="medfm: curate, pretrain, evaluate and adapt medical foundation models.", no_args_is_help=True
+)
 data_app = typer.Typer(help="Medical data: sources, corpus building, data cards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides such as image_size=64 workers=1")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="config overrides such as image_size=64 workers=1")
+]
 
 
 def friendly_errors(command):
@@ -97,7 +101,7 @@ def data_query(
 def quickstart(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/quickstart"),
 ) -> None:
-    """Build a small corpus (from MEDFM_DATA_ROOT, or sample files shipped with medfm's dependencies) and show its card."""
+    """Build a small corpus from real files (MEDFM_DATA_ROOT, or files shipped with dependencies)."""
     from medfm.quickstart import run_quickstart
 
     card = run_quickstart(out)
@@ -107,9 +111,20 @@ def quickstart(
 
 def print_summary(summary: dict) -> None:
     table = Table("build summary", "value", show_header=True)
-    for key in ("output", "sources", "modalities", "images", "images_before_dedup", "duplicates_removed",
-                "exact_duplicates", "near_duplicates", "skipped_files", "subjects", "subjects_in_several_splits",
-                "seconds"):
+    for key in (
+        "output",
+        "sources",
+        "modalities",
+        "images",
+        "images_before_dedup",
+        "duplicates_removed",
+        "exact_duplicates",
+        "near_duplicates",
+        "skipped_files",
+        "subjects",
+        "subjects_in_several_splits",
+        "seconds",
+    ):
         table.add_row(key, str(summary.get(key)))
     for key in ("skipped_by_reason", "images_per_split", "subjects_per_split", "shards_per_split"):
         table.add_row(key, json.dumps(summary.get(key, {})))

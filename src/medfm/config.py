@@ -19,7 +19,9 @@ from medfm.errors import ConfigError
 C = TypeVar("C")
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> C:
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> C:
     """Build a ``cls`` instance from its defaults, an optional YAML file, and ``key.sub=value`` overrides.
 
     Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.

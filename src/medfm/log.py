@@ -36,7 +36,9 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("medfm") else f"medfm.{name}")
 
 
-def progress(items: Iterable[T], description: str, total: int | None = None, unit: str = "items") -> Iterator[T]:
+def progress(
+    items: Iterable[T], description: str, total: int | None = None, unit: str = "items"
+) -> Iterator[T]:
     """Iterate with a progress bar showing count, rate and time left (plain output when not a terminal)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

@@ -19,14 +19,28 @@ from medfm.config import save_config
 
 # Packages whose versions decide what a run computes; others are recorded only if asked for.
 TRACKED_PACKAGES = (
-    "medfm", "numpy", "torch", "torchvision", "timm", "pillow", "pydicom", "nibabel", "wfdb",
-    "pyarrow", "webdataset", "imagehash", "scipy", "pandas", "omegaconf",
+    "medfm",
+    "numpy",
+    "torch",
+    "torchvision",
+    "timm",
+    "pillow",
+    "pydicom",
+    "nibabel",
+    "wfdb",
+    "pyarrow",
+    "webdataset",
+    "imagehash",
+    "scipy",
+    "pandas",
+    "omegaconf",
 )
 
 
 def git_commit(path: str | Path = ".") -> dict[str, Any]:
     """The commit of the git checkout holding ``path`` and whether it has uncommitted changes."""
     try:
+
         def git(*args: str) -> str:
             return subprocess.run(
                 ["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=10
@@ -101,7 +115,10 @@ class Run:
 
     def log(self, step: int | None = None, **values: Any) -> None:
         """Append one JSON line of metrics (with wall time and, if given, the step)."""
-        record = {"time": round(time.time() - self._started, 3), **({"step": step} if step is not None else {})}
+        record = {
+            "time": round(time.time() - self._started, 3),
+            **({"step": step} if step is not None else {}),
+        }
         record.update(values)
         with (self.path / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record, default=_jsonable) + "\n")

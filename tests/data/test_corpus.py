@@ -32,21 +32,36 @@ if "synthetic_test" not in SOURCES:
         def __iter__(self):
             for subject in range(8):
                 for view in range(3):
-                    yield {"image": _pattern(subject * 10 + view),
-                           "meta": self.meta(sample_id=f"s{subject}-v{view}", subject_id=f"p{subject}")}
+                    yield {
+                        "image": _pattern(subject * 10 + view),
+                        "meta": self.meta(sample_id=f"s{subject}-v{view}", subject_id=f"p{subject}"),
+                    }
             yield {"image": _pattern(0), "meta": self.meta(sample_id="copy", subject_id="p99")}
             near = _pattern(11).astype(np.int16)
             near[0, 0, 0] = 255 - near[0, 0, 0]
             yield {"image": near.astype(np.uint8), "meta": self.meta(sample_id="near", subject_id="p98")}
             volume = np.stack([_pattern(500 + d)[0] for d in range(5)])[None].astype(np.float32) / 255
-            yield {"image": volume, "meta": self.meta(sample_id="vol", subject_id="p97", modality="ct",
-                                                      axis_names=["axial", "coronal", "sagittal"])}
+            yield {
+                "image": volume,
+                "meta": self.meta(
+                    sample_id="vol",
+                    subject_id="p97",
+                    modality="ct",
+                    axis_names=["axial", "coronal", "sagittal"],
+                ),
+            }
 
 
 def _config(tmp_path: Path, **overrides) -> CorpusConfig:
     spec = SourceSpec(adapter="synthetic_test", root=str(tmp_path))
-    values = {"output": str(tmp_path / "corpus"), "sources": [spec], "image_size": 32, "workers": 1,
-              "shard_size": 8, "min_slice_foreground": 0.0}
+    values = {
+        "output": str(tmp_path / "corpus"),
+        "sources": [spec],
+        "image_size": 32,
+        "workers": 1,
+        "shard_size": 8,
+        "min_slice_foreground": 0.0,
+    }
     return CorpusConfig(**(values | overrides))
 
 
@@ -99,11 +114,54 @@ def test_bad_config_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="sum to 1"):
         build_corpus(_config(tmp_path, splits={"train": 0.5}))
     with pytest.raises(ConfigError, match="no option"):
-        build_corpus(_config(tmp_path, sources=[SourceSpec(adapter="synthetic_test", root=str(tmp_path),
-                                                           options={"bogus": 1})]))
+        build_corpus(
+            _config(
+                tmp_path,
+                sources=[SourceSpec(adapter="synthetic_test", root=str(tmp_path), options={"bogus": 1})],
+            )
+        )
 
 
 def test_summary_is_json(tmp_path):
     build_corpus(_config(tmp_path))
     summary = json.loads((tmp_path / "corpus" / "summary.json").read_text())
     assert summary["sources"] == 1 and summary["modalities"] == 2
+
+
+@pytest.mark.multiprocess
+def test_torchrun_ranks_stream_distinct_samples(tmp_path):
+    import subprocess
+    import sys
+
+    build_corpus(_config(tmp_path, splits={"train": 1.0}, shard_size=4))
+    script = Path(__file__).parents[2] / "examples" / "stream_ddp.py"
+    out = tmp_path / "keys.json"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path / "corpus"),
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(command, check=True, timeout=120, capture_output=True)
+    result = json.loads(out.read_text())
+    keys = result["keys"]
+    assert len(keys[0]) == len(keys[1]) == result["per_rank"] > 0
+    assert len(set(keys[0])) == len(keys[0]) and len(set(keys[1])) == len(keys[1])
+    assert not set(keys[0]) & set(keys[1])
+    assert not set(result["shards"][0]) & set(result["shards"][1])
+
+
+def test_worker_quotas_are_proportional_and_capped():
+    from medfm.data.shards import _allocate
+
+    assert _allocate(10, [4, 8]) == [3, 7]
+    assert _allocate(12, [4, 8]) == [4, 8]
+    assert _allocate(5, [0, 7]) == [0, 5]
+    assert sum(_allocate(7, [3, 3, 3])) == 7

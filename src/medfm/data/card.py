@@ -1,4 +1,4 @@
-"""The data card of a built corpus: counts, size and intensity histograms, sample grids, licenses (Markdown + PNG)."""
+"""A built corpus's data card: counts, size and intensity histograms, sample grids, licenses."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from medfm.data.shards import CATALOG, decode_png  # noqa: E402
-from medfm.errors import DataError  # noqa: E402
+from medfm.data.shards import CATALOG, decode_png
+from medfm.errors import DataError
 
 GRID_SIDE = 4  # sample grids are GRID_SIDE x GRID_SIDE pictures per modality
 
 
 def write_card(corpus: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
-    """Write ``DATA_CARD.md`` and its figures into ``out`` (default ``<corpus>/card``); return the Markdown path."""
+    """Write ``DATA_CARD.md`` and its figures into ``out`` (default ``<corpus>/card``); return its path."""
     corpus = Path(corpus)
     if not (corpus / CATALOG).is_file():
         raise DataError(f"{corpus} is not a built corpus (no {CATALOG}); run `medfm data build` first")
@@ -35,7 +35,9 @@ def write_card(corpus: str | Path, out: str | Path | None = None, seed: int = 0)
         "Original image sizes": _size_histogram(catalog, out / "image_sizes.png"),
         "Intensities": _intensity_histograms(catalog, samples, out / "intensities.png"),
     }
-    grids = {modality: _grid(pictures, out / f"samples-{modality}.png") for modality, pictures in samples.items()}
+    grids = {
+        modality: _grid(pictures, out / f"samples-{modality}.png") for modality, pictures in samples.items()
+    }
 
     lines = [f"# Data card: {corpus.name}", ""]
     lines += _summary_lines(summary, catalog)
@@ -83,15 +85,25 @@ def _subjects_table(catalog: pd.DataFrame) -> str:
 def _license_table(sources: list[dict]) -> str:
     if not sources:
         return "(no source list recorded)"
-    rows = [{"source": s["source"], "modality": s["modality"], "license": s["license"],
-             "citation": s.get("citation") or "-"} for s in sources]
+    rows = [
+        {
+            "source": s["source"],
+            "modality": s["modality"],
+            "license": s["license"],
+            "citation": s.get("citation") or "-",
+        }
+        for s in sources
+    ]
     return _markdown(pd.DataFrame(rows))
 
 
 def _markdown(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(str(v).replace("|", "/") for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body])
 
 
@@ -99,7 +111,7 @@ def _sample_pictures(corpus: Path, catalog: pd.DataFrame, seed: int) -> dict[str
     """Up to GRID_SIDE**2 random pictures per modality, read straight from their shards."""
     rng = np.random.default_rng(seed)
     wanted = []
-    for modality, rows in catalog.groupby("modality"):
+    for _, rows in catalog.groupby("modality"):
         take = rows.iloc[rng.permutation(len(rows))[: GRID_SIDE**2]]
         wanted.append(take[["modality", "shard", "key"]])
     chosen = pd.concat(wanted)
@@ -116,8 +128,12 @@ def _grid(pictures: list[np.ndarray], path: Path) -> Path:
     for ax, picture in zip(axes.flat, pictures + [None] * (GRID_SIDE**2 - len(pictures))):
         ax.axis("off")
         if picture is not None:
-            ax.imshow(picture[0] if picture.shape[0] == 1 else picture.transpose(1, 2, 0), cmap="gray", vmin=0,
-                      vmax=255)
+            ax.imshow(
+                picture[0] if picture.shape[0] == 1 else picture.transpose(1, 2, 0),
+                cmap="gray",
+                vmin=0,
+                vmax=255,
+            )
     fig.tight_layout(pad=0.2)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -143,8 +159,14 @@ def _size_histogram(catalog: pd.DataFrame, path: Path) -> Path:
 def _intensity_histograms(catalog: pd.DataFrame, samples: dict[str, list[np.ndarray]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for modality in sorted(catalog["modality"].unique()):
-        axes[0].hist(catalog.loc[catalog["modality"] == modality, "mean"], bins=40, range=(0, 1), alpha=0.6,
-                     label=modality, density=True)
+        axes[0].hist(
+            catalog.loc[catalog["modality"] == modality, "mean"],
+            bins=40,
+            range=(0, 1),
+            alpha=0.6,
+            label=modality,
+            density=True,
+        )
         pixels = np.concatenate([p.ravel() for p in samples.get(modality, [])] or [np.zeros(1)])
         axes[1].hist(pixels, bins=64, range=(0, 255), histtype="step", label=modality, density=True, log=True)
     axes[0].set_xlabel("mean intensity per picture")

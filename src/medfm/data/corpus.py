@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medfm.data.dedup import near_duplicate_groups, perceptual_hash, pixel_digest
+from medfm.data.dedup import HASH_BITS, near_duplicate_of, perceptual_hash, pixel_digest
 from medfm.data.shards import CATALOG, ShardSetWriter, encode_png
 from medfm.data.sources import open_source
 from medfm.data.splits import check_fractions, subject_splits, subjects_in_several_splits
@@ -66,7 +66,7 @@ class CorpusConfig:
     slice_axes: list[str] = field(default_factory=lambda: ["axial"])
     slice_step: int = 1
     min_slice_foreground: float = 0.1  # drop slices with less non-zero area than this fraction
-    near_duplicate_bits: int = 4  # Hamming radius on 64-bit pHash; -1 keeps near duplicates
+    near_duplicate_bits: int = 8  # Hamming radius on the 256-bit pHash; -1 keeps near duplicates
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     split_seed: int = 0
     shard_size: int = 1000  # samples per shard (about)
@@ -95,7 +95,9 @@ def resolve_root(spec: SourceSpec, data_root: str | None) -> Path:
         return root
     base = data_root or os.environ.get("MEDFM_DATA_ROOT")
     if not base:
-        raise ConfigError(f"source root {spec.root!r} is relative: set data_root in the config or MEDFM_DATA_ROOT")
+        raise ConfigError(
+            f"source root {spec.root!r} is relative: set data_root in the config or MEDFM_DATA_ROOT"
+        )
     return Path(base).expanduser() / root
 
 
@@ -112,12 +114,16 @@ class StageResult:
     staging: str
 
 
-def stage_source(index: int, spec: SourceSpec, root: Path, config: CorpusConfig, staging: Path) -> StageResult:
+def stage_source(
+    index: int, spec: SourceSpec, root: Path, config: CorpusConfig, staging: Path
+) -> StageResult:
     """Stage one source (runs in a worker process): pictures, hashes and PNG bytes into a Parquet file."""
     started = time.perf_counter()
     adapter = open_source(spec.adapter, root, **spec.options)
     if adapter.info.kind not in ("image", "volume", "vqa"):
-        raise ConfigError(f"source {adapter.source!r} ({spec.adapter}) holds {adapter.info.kind} data, not images")
+        raise ConfigError(
+            f"source {adapter.source!r} ({spec.adapter}) holds {adapter.info.kind} data, not images"
+        )
     axes = spec.slice_axes or config.slice_axes
     path = staging / f"{index:03d}-{adapter.source}.parquet"
     rows: list[dict[str, Any]] = []
@@ -178,7 +184,7 @@ def _row(source_index, meta, slice_info, original, fitted) -> dict[str, Any]:
         "mean": float(fitted.mean() / 255.0),
         "std": float(fitted.std() / 255.0),
         "sha256": pixel_digest(fitted),
-        "phash": f"{perceptual_hash(fitted):016x}",
+        "phash": f"{perceptual_hash(fitted):0{HASH_BITS // 4}x}",
         "png": encode_png(fitted),
     }
 
@@ -195,18 +201,29 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
         shutil.rmtree(out)  # a rebuild replaces the corpus whole: stale shards must not survive
     staging = out / STAGING
     staging.mkdir(parents=True)
-    run = Run.create(out, config, seeds={"split_seed": config.split_seed, "shuffle_seed": config.shuffle_seed},
-                     data={f"{i}:{s.adapter}": r for i, (s, r) in enumerate(zip(config.sources, roots))})
+    run = Run.create(
+        out,
+        config,
+        seeds={"split_seed": config.split_seed, "shuffle_seed": config.shuffle_seed},
+        data={f"{i}:{s.adapter}": r for i, (s, r) in enumerate(zip(config.sources, roots))},
+    )
     started = time.perf_counter()
 
     staged = _stage_all(config, roots, staging)
     for result in staged:
-        run.log(stage="staged", source=result.source, samples=result.samples, images=result.images,
-                skipped=len(result.skipped), seconds=round(result.seconds, 2))
+        run.log(
+            stage="staged",
+            source=result.source,
+            samples=result.samples,
+            images=result.images,
+            skipped=len(result.skipped),
+            seconds=round(result.seconds, 2),
+        )
     if not any(r.images for r in staged):
         raise DataError("no images were produced by any source; see the skipped-file warnings above")
-    table = pd.concat([pd.read_parquet(r.staging, columns=_STAGED_COLUMNS) for r in staged if r.images],
-                      ignore_index=True)
+    table = pd.concat(
+        [pd.read_parquet(r.staging, columns=_STAGED_COLUMNS) for r in staged if r.images], ignore_index=True
+    )
 
     table, duplicates = _dedupe(table, config.near_duplicate_bits)
     table["subject_key"] = table["source"] + "/" + table["subject_id"]
@@ -230,23 +247,46 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
 
 
 _STAGED_COLUMNS = [
-    "source_index", "source", "sample_id", "subject_id", "modality", "anatomy", "license", "labels",
-    "official_split", "slice_axis", "slice_index", "original_shape", "channels", "mean", "std", "sha256", "phash",
+    "source_index",
+    "source",
+    "sample_id",
+    "subject_id",
+    "modality",
+    "anatomy",
+    "license",
+    "labels",
+    "official_split",
+    "slice_axis",
+    "slice_index",
+    "original_shape",
+    "channels",
+    "mean",
+    "std",
+    "sha256",
+    "phash",
 ]
 
 
 def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path) -> list[StageResult]:
     jobs = list(enumerate(zip(config.sources, roots)))
     if config.workers == 1 or len(jobs) == 1:
-        return [stage_source(i, spec, root, config, staging)
-                for i, (spec, root) in progress(jobs, "staging sources", unit="sources")]
+        return [
+            stage_source(i, spec, root, config, staging)
+            for i, (spec, root) in progress(jobs, "staging sources", unit="sources")
+        ]
     with ProcessPoolExecutor(max_workers=min(config.workers, len(jobs))) as pool:
         futures = [pool.submit(stage_source, i, spec, root, config, staging) for i, (spec, root) in jobs]
         results = []
         for future in progress(futures, "staging sources", unit="sources"):
             result = future.result()
-            log.info("staged %s: %d samples -> %d images in %.1f s (%d skipped)",
-                     result.source, result.samples, result.images, result.seconds, len(result.skipped))
+            log.info(
+                "staged %s: %d samples -> %d images in %.1f s (%d skipped)",
+                result.source,
+                result.samples,
+                result.images,
+                result.seconds,
+                len(result.skipped),
+            )
             results.append(result)
     return results
 
@@ -257,17 +297,21 @@ def _dedupe(table: pd.DataFrame, near_bits: int) -> tuple[pd.DataFrame, pd.DataF
     table["row"] = table.groupby("source_index").cumcount()
     first_exact = table.groupby("sha256").cumcount() == 0
     exact = table[~first_exact].assign(
-        reason="exact", duplicate_of=lambda d: d["sha256"].map(table[first_exact].set_index("sha256")["sample_id"]))
+        reason="exact",
+        duplicate_of=lambda d: d["sha256"].map(table[first_exact].set_index("sha256")["sample_id"]),
+    )
     kept = table[first_exact].reset_index(drop=True)
-    groups = near_duplicate_groups([int(h, 16) for h in kept["phash"]], near_bits)
-    is_first = np.array(groups) == np.arange(len(kept))
-    near = kept[~is_first].assign(reason="near", duplicate_of=kept["sample_id"].to_numpy()[np.array(groups)[~is_first]])
+    leader = np.array(near_duplicate_of([int(h, 16) for h in kept["phash"]], near_bits))
+    is_first = leader == np.arange(len(kept))
+    near = kept[~is_first].assign(reason="near", duplicate_of=kept["sample_id"].to_numpy()[leader[~is_first]])
     columns = ["source", "sample_id", "subject_id", "slice_axis", "slice_index", "reason", "duplicate_of"]
     dropped = pd.concat([exact[columns], near[columns]], ignore_index=True)
     return kept[is_first].reset_index(drop=True), dropped
 
 
-def _write_shards(table: pd.DataFrame, staged: list[StageResult], out: Path, config: CorpusConfig) -> pd.DataFrame:
+def _write_shards(
+    table: pd.DataFrame, staged: list[StageResult], out: Path, config: CorpusConfig
+) -> pd.DataFrame:
     """Copy kept pictures from staging into shards; return the table with ``key`` and ``shard`` columns."""
     rng = np.random.default_rng(config.shuffle_seed)
     table = table.copy()
@@ -284,8 +328,15 @@ def _write_shards(table: pd.DataFrame, staged: list[StageResult], out: Path, con
         for result in progress(staged, "writing shards", unit="sources"):
             kept = table[table["source_index"] == result.index]
             entries = dict(zip(kept["row"], kept.to_dict("records")))
-            pngs = (png for batch in pq.ParquetFile(result.staging).iter_batches(columns=["png"], batch_size=512)
-                    for png in batch.column("png").to_pylist()) if result.images else iter(())
+            pngs = (
+                (
+                    png
+                    for batch in pq.ParquetFile(result.staging).iter_batches(columns=["png"], batch_size=512)
+                    for png in batch.column("png").to_pylist()
+                )
+                if result.images
+                else iter(())
+            )
             for row, png in enumerate(pngs):
                 entry = entries.get(row)
                 if entry is None:
@@ -335,8 +386,13 @@ def _summary(config, staged, table, duplicates, seconds) -> dict[str, Any]:
         "subjects_per_split": {k: int(v) for k, v in by_split["subject_key"].nunique().items()},
         "shards_per_split": {k: int(v) for k, v in by_split["shard"].nunique().items()},
         "per_source": {
-            r.source: {"samples": r.samples, "images": r.images, "kept": int((table["source"] == r.source).sum()),
-                       "skipped": len(r.skipped), "seconds": round(r.seconds, 2)}
+            r.source: {
+                "samples": r.samples,
+                "images": r.images,
+                "kept": int((table["source"] == r.source).sum()),
+                "skipped": len(r.skipped),
+                "seconds": round(r.seconds, 2),
+            }
             for r in staged
         },
         "image_size": config.image_size,

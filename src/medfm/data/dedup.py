@@ -1,18 +1,24 @@
 """De-duplication: exact (same pixels) and near (perceptual hashes within a Hamming distance).
 
-Perceptual hashes come from ``imagehash``. Comparing every pair is quadratic, so near duplicates are found
-with the pigeonhole trick: split each 64-bit hash into ``max_bits + 1`` bands; two hashes within
-``max_bits`` differing bits agree exactly on at least one band, so only hashes sharing a band are compared.
+Perceptual hashes are 256-bit DCT hashes from ``imagehash`` (16 x 16): 64-bit hashes put different
+patients' chest X-rays within a few bits of each other. Near duplicates are found greedily in a fixed
+order: an image is dropped when it lies within ``max_bits`` of an image already *kept*, so chains of
+slightly different images (A~B, B~C) never make A stand for C. Candidates come from the pigeonhole trick:
+split each hash into ``max_bits + 1`` bands; two hashes within ``max_bits`` agree exactly on at least one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import defaultdict
 
 import imagehash
 import numpy as np
 from PIL import Image
+
+HASH_SIDE = 16
+HASH_BITS = HASH_SIDE * HASH_SIDE
 
 
 def pixel_digest(image: np.ndarray) -> str:
@@ -23,42 +29,34 @@ def pixel_digest(image: np.ndarray) -> str:
 
 
 def perceptual_hash(image: np.ndarray) -> int:
-    """64-bit DCT perceptual hash (``imagehash.phash``) of a ``[C, H, W]`` uint8 image, as an int."""
+    """256-bit DCT perceptual hash (``imagehash.phash``, 16 x 16) of a ``[C, H, W]`` uint8 image."""
     plane = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-    bits = imagehash.phash(Image.fromarray(plane)).hash.flatten()
+    bits = imagehash.phash(Image.fromarray(plane), hash_size=HASH_SIDE).hash.flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def near_duplicate_groups(hashes: list[int], max_bits: int) -> list[int]:
-    """For each hash, the index of the first hash of its near-duplicate group (itself if unique).
-
-    Groups are connected components of the "within ``max_bits``" relation, so the representative kept is
-    the earliest member: the result depends only on the order of ``hashes``, which the caller fixes.
-    """
-    parent = list(range(len(hashes)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
+def near_duplicate_of(hashes: list[int], max_bits: int) -> list[int]:
+    """For each hash, the index of the earlier kept hash it duplicates, or its own index if it is kept."""
+    result = list(range(len(hashes)))
     if max_bits < 0:
-        return parent
-    bounds = [int(b) for b in np.linspace(0, 64, max_bits + 2)]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        mask = (1 << (hi - lo)) - 1
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for index, value in enumerate(hashes):
-            buckets[(value >> lo) & mask].append(index)
-        for members in buckets.values():
-            for a_pos, a in enumerate(members):
-                for b in members[a_pos + 1 :]:
-                    if find(a) != find(b) and bin(hashes[a] ^ hashes[b]).count("1") <= max_bits:
-                        union(a, b)
-    return [find(i) for i in range(len(hashes))]
+        return result
+    bounds = [int(b) for b in np.linspace(0, HASH_BITS, max_bits + 2)]
+    bands = [(lo, (1 << (hi - lo)) - 1) for lo, hi in itertools.pairwise(bounds)]
+    buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in bands]
+    for index, value in enumerate(hashes):
+        keys = [(value >> lo) & mask for lo, mask in bands]
+        match = next(
+            (
+                kept
+                for bucket, key in zip(buckets, keys)
+                for kept in bucket.get(key, ())
+                if (hashes[kept] ^ value).bit_count() <= max_bits
+            ),
+            None,
+        )
+        if match is None:
+            for bucket, key in zip(buckets, keys):
+                bucket[key].append(index)
+        else:
+            result[index] = match
+    return result

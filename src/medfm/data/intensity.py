@@ -6,7 +6,11 @@ Each function maps raw intensities to float32 in [0, 1]; NaN and infinities are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from medfm.errors import ConfigError
 
 # (centre, width) in Hounsfield units; the usual radiology presets.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -19,6 +23,22 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "liver": (60.0, 160.0),
     "bone": (400.0, 1800.0),
 }
+
+
+def ct_window_option(value: str | Sequence[float], owner: str) -> tuple[float, float]:
+    """A CT window option, a preset name or ``[centre, width]`` in HU, as ``(centre, width)``.
+
+    Raises :class:`ConfigError` naming ``owner`` for an unknown preset or a malformed pair, so a bad option
+    fails when the source is opened rather than on every volume.
+    """
+    if isinstance(value, str):
+        if value not in CT_WINDOWS:
+            raise ConfigError(f"{owner}: unknown CT window {value!r}; known: {', '.join(CT_WINDOWS)}")
+        return CT_WINDOWS[value]
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or pair[1] <= 0:
+        raise ConfigError(f"{owner}: a CT window is [centre, width] with width > 0, got {list(value)}")
+    return pair[0], pair[1]
 
 
 def window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -45,10 +65,10 @@ def percentile_scale(values: np.ndarray, low: float = 0.5, high: float = 99.5) -
     scan stay comparable. A constant array maps to zeros.
     """
     values = values.astype(np.float32)
-    lo, hi = np.percentile(values, [low, high])
+    lo, hi = (np.float32(v) for v in np.percentile(values, [low, high]))
     if hi <= lo:
         return np.zeros_like(values)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def require_finite(values: np.ndarray) -> str | None:

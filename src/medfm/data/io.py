@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ def load_image(path: str | Path, *, max_size: int | None = None, grayscale: str 
     """
     with Image.open(path) as img:
         if max_size is not None and max(img.size) > max_size and img.format == "JPEG":
-            img.draft(img.mode, (max_size, max_size))
+            # Ask for the target size itself: the decoder then picks the largest 1/2, 1/4 or 1/8 scale
+            # that still covers it (a square request would keep non-square photographs too large).
+            scale = max_size / max(img.size)
+            img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img.load()  # decode now: a truncated file raises here rather than later in a worker
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")

@@ -28,7 +28,7 @@ CATALOG = "catalog.parquet"
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a ``[C, H, W]`` uint8 image; fast compression, since shards are read far more than written."""
+    """PNG bytes of a ``[C, H, W]`` uint8 image (fast compression level: shards are written once)."""
     plane = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
     buffer = io.BytesIO()
     Image.fromarray(plane).save(buffer, format="PNG", compress_level=1)
@@ -127,29 +127,28 @@ class StreamingCorpus(IterableDataset):
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch, self.rank)).permutation(len(shards))
             shards = [shards[i] for i in order]
-        mine = shards[worker_id::n_workers]
-        if not mine:
+        portions = [shards[w::n_workers] for w in range(n_workers)]
+        # Share this rank's quota among workers in proportion to what their shards hold, so each rank
+        # yields exactly samples_per_rank() samples, none twice, whatever the number of workers.
+        quota = _allocate(self.samples_per_rank(), [sum(self.shard_sizes[s] for s in p) for p in portions])
+        mine, limit = portions[worker_id], quota[worker_id]
+        if not mine or not limit:
             return
-        limit = _share(self.samples_per_rank(), worker_id, n_workers)
-        rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}")
-        count = 0
-        # A worker whose shards hold fewer than its share wraps around, so each rank yields exactly
-        # samples_per_rank() samples whatever the number of workers.
-        while count < limit:
-            pipeline = wds.WebDataset(
-                [str(self.root / name) for name in mine],
-                shardshuffle=False,
-                nodesplitter=None,
-                workersplitter=None,
-                empty_check=False,
+        pipeline = wds.WebDataset(
+            [str(self.root / name) for name in mine],
+            shardshuffle=False,
+            nodesplitter=None,
+            workersplitter=None,
+            empty_check=False,
+        )
+        if self.shuffle:
+            pipeline = pipeline.shuffle(
+                self.shuffle, rng=random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}")
             )
-            if self.shuffle:
-                pipeline = pipeline.shuffle(self.shuffle, rng=rng)
-            for raw in pipeline:
-                if count >= limit:
-                    return
-                count += 1
-                yield self._sample(raw)
+        for count, raw in enumerate(pipeline):
+            if count >= limit:
+                break
+            yield self._sample(raw)
 
     def _sample(self, raw: dict[str, Any]) -> dict[str, Any]:
         image = decode_png(raw["png"])
@@ -161,6 +160,12 @@ class StreamingCorpus(IterableDataset):
         return self.transform(sample) if self.transform else sample
 
 
-def _share(total: int, worker_id: int, n_workers: int) -> int:
-    """Worker ``worker_id``'s share of ``total`` when split as evenly as possible."""
-    return total // n_workers + (1 if worker_id < total % n_workers else 0)
+def _allocate(total: int, capacities: list[int]) -> list[int]:
+    """Split ``total`` (<= ``sum(capacities)``) in proportion to ``capacities``, no part above its cap."""
+    whole = sum(capacities)
+    parts = [total * c // whole if whole else 0 for c in capacities]
+    for i in np.argsort(capacities)[::-1]:
+        if sum(parts) == total:
+            break
+        parts[i] += min(capacities[i] - parts[i], total - sum(parts))
+    return parts

@@ -29,12 +29,16 @@ def assign_split(subject_key: str, fractions: Mapping[str, float], seed: int = 0
     return list(fractions)[-1]
 
 
-def subject_splits(subject_keys: Iterable[str], fractions: Mapping[str, float], seed: int = 0) -> dict[str, str]:
+def subject_splits(
+    subject_keys: Iterable[str], fractions: Mapping[str, float], seed: int = 0
+) -> dict[str, str]:
     check_fractions(fractions)
     return {key: assign_split(key, fractions, seed) for key in set(subject_keys)}
 
 
-def subjects_in_several_splits(table: pd.DataFrame, subject: str = "subject_key", split: str = "split") -> list[str]:
+def subjects_in_several_splits(
+    table: pd.DataFrame, subject: str = "subject_key", split: str = "split"
+) -> list[str]:
     """Subjects that occur in more than one split (the leak a corpus must never have)."""
     counts = table.groupby(subject)[split].nunique()
     return sorted(counts[counts > 1].index)

@@ -59,7 +59,7 @@ def fit_to_size(image: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     channels, height, width = image.shape
     if mode == "resize":
         return _resize(image, size, size)
-    scale = (max if mode == "pad" else min)(size / height, size / width)
+    scale = (min if mode == "pad" else max)(size / height, size / width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     resized = _resize(image, new_h, new_w)
     if mode == "crop":

@@ -63,7 +63,7 @@ class CinC2017ECG(SourceAdapter):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for name, rhythm in self.labels:
             stem = f"{self.records_dir}/{name}" if self.records_dir != "." else name
-            missing = [f"{stem}{ext}" for ext in (".hea", ".mat") if not (self.root / f"{stem}{ext}").is_file()]
+            missing = [path for path in (f"{stem}.hea", f"{stem}.mat") if not (self.root / path).is_file()]
             if missing:
                 self.skips.add(missing[0], "missing_file", "listed in " + self.reference.name)
                 continue

@@ -64,9 +64,9 @@ class IdridFundusSource(SourceAdapter):
         anatomy="eye",
         license="CC BY 4.0 (images); CC BY-SA 4.0 (boxes)",
         citation=(
-            "Porwal P, Pachade S, Kamble R, et al. Indian Diabetic Retinopathy Image Dataset (IDRiD): A Research "
-            "Database for Diabetic Retinopathy Screening Research. Data 3(3):25, 2018. Boxes: von Csefalvay C. "
-            "CODRAS: The COnsolidated Diabetic Retinopathy Assessment Set, 2019."
+            "Porwal P, Pachade S, Kamble R, et al. Indian Diabetic Retinopathy Image Dataset (IDRiD): "
+            "A Research Database for Diabetic Retinopathy Screening Research. Data 3(3):25, 2018. "
+            "Boxes: von Csefalvay C. CODRAS: The COnsolidated Diabetic Retinopathy Assessment Set, 2019."
         ),
         description="Colour fundus photographs with optic disc, hard exudate and haemorrhage boxes.",
     )
@@ -107,7 +107,9 @@ class IdridFundusSource(SourceAdapter):
             except (AnnotationError, UnicodeDecodeError) as err:
                 self.skips.add(label_path.relative_to(self.root).as_posix(), "bad_annotation", str(err))
                 continue
-            image = read_image(self.root, rel_path, self.skips, max_size=self.max_size, grayscale=self.grayscale)
+            image = read_image(
+                self.root, rel_path, self.skips, max_size=self.max_size, grayscale=self.grayscale
+            )
             if image is None:
                 continue
             meta = self.meta(
@@ -122,4 +124,6 @@ class IdridFundusSource(SourceAdapter):
     def _labels(self, boxes: np.ndarray) -> dict[str, int]:
         counts = np.bincount(boxes[:, 0].astype(np.int64), minlength=len(self.class_names))
         presence = {name: int(count > 0) for name, count in zip(self.class_names, counts, strict=True)}
-        return presence | {f"n_{name}": int(count) for name, count in zip(self.class_names, counts, strict=True)}
+        return presence | {
+            f"n_{name}": int(count) for name, count in zip(self.class_names, counts, strict=True)
+        }

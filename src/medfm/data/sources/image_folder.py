@@ -77,7 +77,7 @@ class ImageFolderSource(SourceAdapter):
             Without a subject column or pattern each image is its own subject.
         split_column: the column with the dataset's official split, copied to ``meta["official_split"]``
             when the column exists.
-        modality, anatomy: written to every sample's meta (default ``"unknown"``).
+        modality, anatomy: written to every sample's meta (default ``"unknown"``); give ``license`` too.
         max_size, grayscale: passed to :func:`medfm.data.io.load_image`.
 
     Skips: ``missing_file`` (the row's image does not exist or the row has no path), ``unreadable_image``
@@ -85,7 +85,9 @@ class ImageFolderSource(SourceAdapter):
     does not match).
     """
 
-    info: ClassVar[SourceInfo] = SourceInfo(kind="image", modality="unknown", anatomy="unknown", license="unknown")
+    info: ClassVar[SourceInfo] = SourceInfo(
+        kind="image", modality="unknown", anatomy="unknown", license="unknown"
+    )
     default_label_columns: ClassVar[list[str] | None] = None
     default_subject_pattern: ClassVar[str | None] = None
 
@@ -118,12 +120,16 @@ class ImageFolderSource(SourceAdapter):
         label_columns = label_columns if label_columns is not None else self.default_label_columns
         id_columns = [path_column, *([subject_column] if subject_column else [])]
         self.table = read_index_csv(
-            self.labels_path, required=[*id_columns, *(label_columns or [])], text_columns=[*id_columns, split_column]
+            self.labels_path,
+            required=[*id_columns, *(label_columns or [])],
+            text_columns=[*id_columns, split_column],
         )
         self.split_column = split_column if split_column in self.table.columns else None
         not_labels = {path_column, split_column, subject_column}
         self.label_columns = (
-            label_columns if label_columns is not None else [c for c in self.table.columns if c not in not_labels]
+            label_columns
+            if label_columns is not None
+            else [c for c in self.table.columns if c not in not_labels]
         )
 
     @staticmethod
@@ -133,7 +139,9 @@ class ImageFolderSource(SourceAdapter):
         try:
             compiled = re.compile(pattern)
         except re.error as err:
-            raise ConfigError(f"subject_pattern {pattern!r} is not a valid regular expression: {err}") from None
+            raise ConfigError(
+                f"subject_pattern {pattern!r} is not a valid regular expression: {err}"
+            ) from None
         if compiled.groups < 1:
             raise ConfigError(f"subject_pattern {pattern!r} needs a group that captures the subject id")
         return compiled
@@ -147,7 +155,9 @@ class ImageFolderSource(SourceAdapter):
             subject = self.subject_of(row, rel_path)
             if subject is None:
                 continue
-            image = read_image(self.root, rel_path, self.skips, max_size=self.max_size, grayscale=self.grayscale)
+            image = read_image(
+                self.root, rel_path, self.skips, max_size=self.max_size, grayscale=self.grayscale
+            )
             if image is None:
                 continue
             extra = {"official_split": _plain(row[self.split_column])} if self.split_column else {}
@@ -173,7 +183,9 @@ class ImageFolderSource(SourceAdapter):
         if self.subject_pattern:
             found = self.subject_pattern.search(Path(rel_path).name)
             if found is None or not found.group(1):
-                self.skips.add(rel_path, "missing_subject", f"name does not match {self.subject_pattern.pattern!r}")
+                self.skips.add(
+                    rel_path, "missing_subject", f"name does not match {self.subject_pattern.pattern!r}"
+                )
                 return None
             return found.group(1)
         return rel_path

@@ -69,7 +69,9 @@ class MedMnistSource(SourceAdapter):
         self.class_names = class_names if class_names is not None else self.default_class_names
         with self._open() as arrays:
             keys = set(arrays.files)
-        missing = [f"{s}_{part}" for s in self.splits for part in ("images", "labels") if f"{s}_{part}" not in keys]
+        missing = [
+            f"{s}_{part}" for s in self.splits for part in ("images", "labels") if f"{s}_{part}" not in keys
+        ]
         if missing:
             raise DataError(f"{self.path} lacks key(s) {missing} (has {sorted(keys)})")
 
@@ -121,12 +123,16 @@ class MedMnistSource(SourceAdapter):
         labels = labels.reshape(len(labels), -1).astype(np.int64)
         if len(images) != len(labels):
             raise DataError(f"{self.path}: {len(images)} {split} images but {len(labels)} labels")
-        if self.class_names is not None and labels.shape[1] == 1 and labels.size:
-            if labels.min() < 0 or labels.max() >= len(self.class_names):
-                raise DataError(
-                    f"{self.path}: {split} labels range {labels.min()}..{labels.max()} "
-                    f"but {len(self.class_names)} class names were given"
-                )
+        single_label = labels.shape[1] == 1 and labels.size > 0
+        if (
+            self.class_names is not None
+            and single_label
+            and not 0 <= labels.min() <= labels.max() < len(self.class_names)
+        ):
+            raise DataError(
+                f"{self.path}: {split} labels range {labels.min()}..{labels.max()} "
+                f"but {len(self.class_names)} class names were given"
+            )
         return np.ascontiguousarray(images), labels
 
     def _label(self, row: np.ndarray) -> int | str | list[int]:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from medfm.data.intensity import CT_WINDOWS, ct_window, percentile_scale, require_finite
+from medfm.data.intensity import ct_window, ct_window_option, percentile_scale, require_finite
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
-from medfm.errors import ConfigError, DataError
+from medfm.errors import DataError
 
 # What nibabel raises for a damaged, truncated or non-NIfTI file; each becomes an "unreadable_nifti" skip.
 NIFTI_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
@@ -55,22 +55,6 @@ def load_canonical(path: Path) -> tuple[np.ndarray, list[float]]:
     return np.ascontiguousarray(data.transpose(order)), spacing
 
 
-def ct_window_option(value: str | Sequence[float], owner: str) -> tuple[float, float]:
-    """A CT window option, a preset name or ``[centre, width]`` in HU, as ``(centre, width)``.
-
-    Raises :class:`ConfigError` naming ``owner`` for an unknown preset or a malformed pair, so a bad option
-    fails when the source is opened rather than on every volume.
-    """
-    if isinstance(value, str):
-        if value not in CT_WINDOWS:
-            raise ConfigError(f"{owner}: unknown CT window {value!r}; known: {', '.join(CT_WINDOWS)}")
-        return CT_WINDOWS[value]
-    pair = tuple(float(v) for v in value)
-    if len(pair) != 2 or pair[1] <= 0:
-        raise ConfigError(f"{owner}: a CT window is [centre, width] with width > 0, got {list(value)}")
-    return pair[0], pair[1]
-
-
 @register_source("nifti")
 class NiftiSource(SourceAdapter):
     """NIfTI volumes, optionally with integer label maps of the same grid.
@@ -96,7 +80,7 @@ class NiftiSource(SourceAdapter):
             window name from ``medfm.data.intensity.CT_WINDOWS`` or ``[centre, width]`` windows values in HU.
         percentiles: low and high percentile for ``"percentile"`` scaling.
         label_names: label value -> structure name; values without a name are called ``label_<value>``.
-        require_labels: skip an image without a label file ("missing_label") instead of yielding it unlabelled.
+        require_labels: skip an image without a label file ("missing_label") rather than yield it unlabelled.
 
     Skip reasons: ``unreadable_nifti`` (image or label file nibabel cannot decode), ``non_finite_volume``,
     ``label_shape_mismatch``, ``invalid_label_map`` (values that are not integers in 0..255),
@@ -110,8 +94,8 @@ class NiftiSource(SourceAdapter):
         license="unspecified",
         description="NIfTI volumes with optional voxel label maps",
     )
-    default_label_names: dict[int, str] = {}
-    foreground_name = "foreground"
+    default_label_names: ClassVar[dict[int, str]] = {}
+    foreground_name: ClassVar[str] = "foreground"
 
     def __init__(
         self,
@@ -213,15 +197,18 @@ class NiftiSource(SourceAdapter):
             self.skips.add(rel, "label_shape_mismatch", f"labels {labels.shape} vs image {image_shape}")
             return None
         rounded = np.rint(labels)
-        if not np.isfinite(labels).all() or (rounded != labels).any() or labels.min() < 0 or labels.max() > 255:
+        integral = np.isfinite(labels).all() and (rounded == labels).all()
+        if not integral or labels.min() < 0 or labels.max() > 255:
             self.skips.add(rel, "invalid_label_map", "values must be integers in 0..255")
             return None
         return rounded.astype(np.uint8)
 
     def scale(self, volume: np.ndarray) -> np.ndarray:
-        """Map intensities to float32 [0, 1]: per-channel percentiles over the whole volume, or a CT window."""
+        """Map to float32 [0, 1]: per-channel percentiles over the whole volume, or a CT window."""
         if self.intensity == "percentile":
-            return np.stack([percentile_scale(channel, *self.percentiles) for channel in volume])
+            # percentile_scale can promote to float64 (float64 percentiles); samples are float32.
+            scaled = [percentile_scale(channel, *self.percentiles) for channel in volume]
+            return np.stack(scaled).astype(np.float32, copy=False)
         return ct_window(volume, self.intensity)
 
     def intensity_meta(self) -> dict[str, Any]:
@@ -259,8 +246,10 @@ class MsdHippocampusSource(NiftiSource):
         modality="mr",
         anatomy="brain",
         license="CC BY-SA 4.0",
-        citation="Antonelli M, et al. The Medical Segmentation Decathlon. Nature Communications 13:4128, 2022.",
-        description="Medical Segmentation Decathlon Task04: hippocampus MRI crops with anterior/posterior labels",
+        citation=(
+            "Antonelli M, et al. The Medical Segmentation Decathlon. Nature Communications 13:4128, 2022."
+        ),
+        description="Medical Segmentation Decathlon Task04: hippocampus MR crops, anterior/posterior labels",
     )
-    default_label_names = {1: "anterior", 2: "posterior"}
-    foreground_name = "hippocampus"
+    default_label_names: ClassVar[dict[int, str]] = {1: "anterior", 2: "posterior"}
+    foreground_name: ClassVar[str] = "hippocampus"

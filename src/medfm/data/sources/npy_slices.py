@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medfm.data.intensity import CT_WINDOWS, ct_window, percentile_scale, require_finite
+from medfm.data.intensity import ct_window, ct_window_option, percentile_scale, require_finite
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.image_folder import read_index_csv
-from medfm.errors import ConfigError, DataError
+from medfm.errors import DataError
 
 # The MSD slice layout: ``ct_abdomen_0.npy``, ``mri_brain_tumour_3.npy``; the word after the modality
 # is the anatomy.
@@ -82,18 +82,9 @@ class NpySlicesSource(SourceAdapter):
             raise DataError(f"{self.root} has no .npy files and no index file {index.name}")
         return files
 
-    @staticmethod
-    def _parse_intensity(intensity: str | list[float]) -> tuple[float, float] | None:
+    def _parse_intensity(self, intensity: str | list[float]) -> tuple[float, float] | None:
         """``None`` for percentile scaling, else the CT window (centre, width) in HU."""
-        if intensity == "percentile":
-            return None
-        if isinstance(intensity, str):
-            if intensity not in CT_WINDOWS:
-                raise ConfigError(f"intensity {intensity!r}: use 'percentile' or one of {', '.join(CT_WINDOWS)}")
-            return CT_WINDOWS[intensity]
-        if len(intensity) != 2 or intensity[1] <= 0:
-            raise ConfigError(f"intensity {intensity!r}: a CT window is [centre, width] with width > 0")
-        return float(intensity[0]), float(intensity[1])
+        return None if intensity == "percentile" else ct_window_option(intensity, self.name)
 
     def modality_anatomy(self, file_name: str) -> tuple[str | None, str | None]:
         """Modality and anatomy named by the file name, falling back to the options."""
@@ -151,4 +142,5 @@ class NpySlicesSource(SourceAdapter):
             centre, width = self.ct_window
             return ct_window(values, (centre, width)), f"ct window centre {centre:g} width {width:g} HU"
         note = " (values not taken as Hounsfield units)" if modality == "ct" else ""
+        # percentile_scale can promote to float64 (its percentiles are float64 scalars); samples are float32.
         return percentile_scale(values), f"percentile 0.5-99.5{note}"

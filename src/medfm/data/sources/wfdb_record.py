@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import wfdb
 
-from medfm.errors import ConfigError, DataError
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
+from medfm.errors import ConfigError, DataError
 
 # What wfdb raises for a damaged header, signal or annotation file; callers turn these into skips.
 WFDB_ERRORS = (OSError, ValueError, IndexError, EOFError)
@@ -55,7 +55,9 @@ class WFDBRecords(SourceAdapter):
     Options: ``records`` (record names; default every ``.hea`` in the folder), ``annotation`` (annotation
     file extension, default ``"atr"``; ``None`` reads signals only, and then ``annotations`` is absent),
     ``window_s`` (cut each record into consecutive windows of this many seconds, one sample each, the
-    incomplete last window dropped; default: the whole record is one sample), ``modality`` and ``anatomy``.
+    incomplete last window dropped; default: the whole record is one sample), ``modality`` and ``anatomy``
+    (default ECG of the heart). The license defaults to PhysioNet's ODC-By 1.0; pass ``license`` for
+    records published under other terms.
     A record whose signal or requested annotation file cannot be read is skipped (``missing_file``,
     ``unreadable_record``, ``unreadable_annotation``).
     """
@@ -84,7 +86,9 @@ class WFDBRecords(SourceAdapter):
         super().__init__(root, source=source, license=license)
         if window_s is not None and window_s <= 0:
             raise ConfigError(f"{self.name}: window_s must be positive, got {window_s}")
-        self.records = list(records) if records is not None else sorted(p.stem for p in self.root.glob("*.hea"))
+        if records is None:
+            records = sorted(path.stem for path in self.root.glob("*.hea"))
+        self.records = list(records)
         if not self.records:
             raise DataError(f"{self.name}: no WFDB header (.hea) in {self.root}")
         self.annotation = annotation
