@@ -53,6 +53,7 @@ if "synthetic_test" not in SOURCES:
 
 
 def _config(tmp_path: Path, **overrides) -> CorpusConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     spec = SourceSpec(adapter="synthetic_test", root=str(tmp_path))
     values = {
         "output": str(tmp_path / "corpus"),
@@ -98,6 +99,18 @@ def test_shards_hold_exactly_the_catalog(tmp_path):
             assert 0.0 <= float(sample["image"].min()) <= float(sample["image"].max()) <= 1.0
             seen.append(sample["meta"]["key"])
     assert sorted(seen) == sorted(catalog["key"])
+
+
+def test_catalog_offsets_fetch_the_same_picture_as_streaming(tmp_path):
+    from medfm.data.shards import read_picture
+
+    build_corpus(_config(tmp_path))
+    root = tmp_path / "corpus"
+    catalog = pd.read_parquet(root / "catalog.parquet").set_index("key")
+    for sample in StreamingCorpus(root, "train", shuffle=0):
+        row = catalog.loc[sample["meta"]["key"]]
+        picture = read_picture(root, row["shard"], row["png_offset"], row["png_size"])
+        assert np.array_equal(picture, (sample["image"].numpy() * 255).round().astype(np.uint8))
 
 
 def test_ranks_read_distinct_shards_and_equal_counts(tmp_path):
@@ -165,3 +178,13 @@ def test_worker_quotas_are_proportional_and_capped():
     assert _allocate(12, [4, 8]) == [4, 8]
     assert _allocate(5, [0, 7]) == [0, 5]
     assert sum(_allocate(7, [3, 3, 3])) == 7
+
+
+def test_worker_processes_give_the_same_corpus(tmp_path):
+    one = build_corpus(_config(tmp_path / "a", output=str(tmp_path / "one"), workers=1))
+    two = build_corpus(_config(tmp_path / "a", output=str(tmp_path / "two"), workers=2))
+    columns = ["key", "sample_id", "split", "shard", "sha256", "phash"]
+    first = pd.read_parquet(tmp_path / "one" / "catalog.parquet", columns=columns)
+    second = pd.read_parquet(tmp_path / "two" / "catalog.parquet", columns=columns)
+    pd.testing.assert_frame_equal(first, second)
+    assert one["images"] == two["images"]

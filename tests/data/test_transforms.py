@@ -50,3 +50,16 @@ def test_pictures_passes_2d_through():
     sample = {"image": _wide(), "meta": {}}
     [(info, image)] = list(pictures(sample, ["axial"], 1, 0.0))
     assert info == {} and image is sample["image"]
+
+
+def test_thick_slices_are_resampled_to_square_pixels_and_slivers_dropped():
+    volume = np.ones((1, 10, 40, 40), dtype=np.float32)
+    meta = {"axis_names": ["axial", "coronal", "sagittal"], "spacing": [4.0, 1.0, 1.0]}
+    sample = {"image": volume, "meta": meta}
+    shapes = {
+        info["slice_axis"]: image.shape for info, image in pictures(sample, ["axial", "coronal"], 5, 0.0)
+    }
+    assert shapes == {"axial": (1, 40, 40), "coronal": (1, 40, 40)}  # 10 slices x 4 mm = 40 mm
+    single = {"image": np.ones((1, 1, 40, 40), dtype=np.float32), "meta": meta}
+    axes = [info["slice_axis"] for info, _ in pictures(single, ["axial", "coronal", "sagittal"], 1, 0.0)]
+    assert axes == ["axial"]  # a 4 mm x 40 mm coronal sliver is left out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medfm.data.shards import CATALOG, decode_png
+from medfm.data.shards import CATALOG, read_picture
 from medfm.errors import DataError
 
 GRID_SIDE = 4  # sample grids are GRID_SIDE x GRID_SIDE pictures per modality
@@ -47,7 +46,7 @@ def write_card(corpus: str | Path, out: str | Path | None = None, seed: int = 0)
     lines += ["## Figures", ""] + [f"![{title}]({path.name})" for title, path in figures.items()] + [""]
     lines += ["## Sample images per modality", ""]
     lines += [f"### {modality}\n\n![{modality} samples]({path.name})\n" for modality, path in grids.items()]
-    lines += ["## Licenses and citations", "", _license_table(sources), ""]
+    lines += ["## Licenses and citations", "", _license_table(sources, catalog), ""]
     path = out / "DATA_CARD.md"
     path.write_text("\n".join(lines))
     return path
@@ -82,13 +81,14 @@ def _subjects_table(catalog: pd.DataFrame) -> str:
     return _markdown(counts.rename_axis("split").reset_index())
 
 
-def _license_table(sources: list[dict]) -> str:
+def _license_table(sources: list[dict], catalog: pd.DataFrame) -> str:
     if not sources:
         return "(no source list recorded)"
+    modalities = catalog.groupby("source")["modality"].unique()
     rows = [
         {
             "source": s["source"],
-            "modality": s["modality"],
+            "modalities": ", ".join(sorted(modalities.get(s["source"], []))) or "-",
             "license": s["license"],
             "citation": s.get("citation") or "-",
         }
@@ -108,18 +108,12 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def _sample_pictures(corpus: Path, catalog: pd.DataFrame, seed: int) -> dict[str, list[np.ndarray]]:
-    """Up to GRID_SIDE**2 random pictures per modality, read straight from their shards."""
+    """Up to GRID_SIDE**2 random pictures per modality, each read by its catalog offset."""
     rng = np.random.default_rng(seed)
-    wanted = []
-    for _, rows in catalog.groupby("modality"):
-        take = rows.iloc[rng.permutation(len(rows))[: GRID_SIDE**2]]
-        wanted.append(take[["modality", "shard", "key"]])
-    chosen = pd.concat(wanted)
-    pictures: dict[str, list[np.ndarray]] = {m: [] for m in chosen["modality"].unique()}
-    for shard, rows in chosen.groupby("shard"):
-        with tarfile.open(corpus / shard) as tar:
-            for modality, key in zip(rows["modality"], rows["key"]):
-                pictures[modality].append(decode_png(tar.extractfile(f"{key}.png").read()))
+    chosen = catalog.iloc[rng.permutation(len(catalog))].groupby("modality", sort=True).head(GRID_SIDE**2)
+    pictures: dict[str, list[np.ndarray]] = {modality: [] for modality in sorted(chosen["modality"].unique())}
+    for row in chosen.itertuples(index=False):
+        pictures[row.modality].append(read_picture(corpus, row.shard, row.png_offset, row.png_size))
     return pictures
 
 

@@ -1,10 +1,11 @@
 """Build a 2D pretraining corpus from a list of sources: slice, fit, de-duplicate, split by subject, shard.
 
-Stages (each source in its own process, then one pass over the staged results):
+Stages:
 
-1. *stage*: read the source through its adapter; cut volumes into slices; fit every picture to
-   ``image_size`` x ``image_size`` uint8; hash it (exact and perceptual); PNG-encode it into a staging
-   Parquet file. Files the adapter cannot use are counted by reason.
+1. *stage*: read each source through its adapter and cut volumes into slices (in this process); fit every
+   picture to ``image_size`` x ``image_size`` uint8, hash it (exact and perceptual) and PNG-encode it (in
+   ``workers`` processes, so one large source uses every core); write it to a staging Parquet file. Files
+   the adapter cannot use are counted by reason.
 2. *dedupe*: drop exact copies, then near copies (perceptual hash within ``near_duplicate_bits``);
    the first occurrence in config order is kept, and every drop is listed in ``duplicates.parquet``.
 3. *split*: each (source, subject) goes to one split by a keyed hash (``medfm.data.splits``).
@@ -16,11 +17,14 @@ The output folder also holds ``summary.json`` and the run record (resolved confi
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,7 +75,7 @@ class CorpusConfig:
     split_seed: int = 0
     shard_size: int = 1000  # samples per shard (about)
     shuffle_seed: int = 0
-    workers: int = 2  # processes staging sources in parallel; 1 stages in this process
+    workers: int = 2  # processes that fit, hash and encode pictures; 1 does it all in this process
 
 
 def validate(config: CorpusConfig) -> None:
@@ -115,9 +119,13 @@ class StageResult:
 
 
 def stage_source(
-    index: int, spec: SourceSpec, root: Path, config: CorpusConfig, staging: Path
+    index: int, spec: SourceSpec, root: Path, config: CorpusConfig, staging: Path, encode: Encoder
 ) -> StageResult:
-    """Stage one source (runs in a worker process): pictures, hashes and PNG bytes into a Parquet file."""
+    """Stage one source: its pictures' metadata, hashes and PNG bytes into a Parquet file.
+
+    The adapter is read here; the per-picture work (fit, hash, encode) goes through ``encode``, which
+    spreads it over worker processes and returns results in order.
+    """
     started = time.perf_counter()
     adapter = open_source(spec.adapter, root, **spec.options)
     if adapter.info.kind not in ("image", "volume", "vqa"):
@@ -126,39 +134,32 @@ def stage_source(
         )
     axes = spec.slice_axes or config.slice_axes
     path = staging / f"{index:03d}-{adapter.source}.parquet"
-    rows: list[dict[str, Any]] = []
-    writer: pq.ParquetWriter | None = None
-    samples = 0
+    counter = {"samples": 0}
 
-    def flush() -> None:
-        nonlocal writer
-        if rows:
-            table = pa.Table.from_pylist(rows)
+    def items() -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        for sample in itertools.islice(adapter, spec.max_samples):
+            counter["samples"] += 1
+            meta, original = sample["meta"], sample["image"].shape
+            for slice_info, picture in pictures(sample, axes, config.slice_step, config.min_slice_foreground):
+                yield _meta_row(index, meta, slice_info, original), picture
+
+    images = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for rows in _batched(encode(items()), 256):
+            table = pa.Table.from_pylist([row | encoded for row, encoded in rows])
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
-            rows.clear()
-
-    for sample in adapter:
-        if spec.max_samples is not None and samples >= spec.max_samples:
-            break
-        samples += 1
-        meta = sample["meta"]
-        original = sample["image"].shape
-        for slice_info, picture in pictures(sample, axes, config.slice_step, config.min_slice_foreground):
-            fitted = fit_to_size(picture, config.image_size, config.fit)
-            rows.append(_row(index, meta, slice_info, original, fitted))
-        if len(rows) >= 256:
-            flush()
-    flush()
-    if writer:
-        writer.close()
-    images = pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+            images += len(rows)
+    finally:
+        if writer:
+            writer.close()
     return StageResult(
         index=index,
         source=adapter.source,
         adapter=spec.adapter,
         info=asdict(adapter.info) | {"license": adapter.license},
-        samples=samples,
+        samples=counter["samples"],
         images=images,
         skipped=[asdict(s) for s in adapter.skips.records],
         seconds=time.perf_counter() - started,
@@ -166,7 +167,7 @@ def stage_source(
     )
 
 
-def _row(source_index, meta, slice_info, original, fitted) -> dict[str, Any]:
+def _meta_row(source_index, meta, slice_info, original) -> dict[str, Any]:
     return {
         "source_index": source_index,
         "source": meta["source"],
@@ -180,6 +181,13 @@ def _row(source_index, meta, slice_info, original, fitted) -> dict[str, Any]:
         "slice_axis": slice_info.get("slice_axis"),
         "slice_index": slice_info.get("slice_index"),
         "original_shape": json.dumps(list(original)),
+    }
+
+
+def encode_picture(picture: np.ndarray, size: int, fit: str) -> dict[str, Any]:
+    """The per-picture work of a build (in a worker process): fit, hash, PNG-encode."""
+    fitted = fit_to_size(picture, size, fit)
+    return {
         "channels": int(fitted.shape[0]),
         "mean": float(fitted.mean() / 255.0),
         "std": float(fitted.std() / 255.0),
@@ -187,6 +195,51 @@ def _row(source_index, meta, slice_info, original, fitted) -> dict[str, Any]:
         "phash": f"{perceptual_hash(fitted):0{HASH_BITS // 4}x}",
         "png": encode_png(fitted),
     }
+
+
+Encoder = Callable[[Iterator[tuple[dict[str, Any], np.ndarray]]], Iterator[tuple[dict[str, Any], dict]]]
+
+
+def _encode_chunk(pictures_chunk: list[np.ndarray], size: int, fit: str) -> list[dict[str, Any]]:
+    return [encode_picture(picture, size, fit) for picture in pictures_chunk]
+
+
+def make_encoder(
+    pool: ProcessPoolExecutor | None, workers: int, size: int, fit: str, chunk: int = 32
+) -> Encoder:
+    """An in-order map of :func:`encode_picture` over ``(row, picture)`` pairs, in ``pool`` when given.
+
+    At most a few chunks per worker are in flight, so memory stays bounded however large the source.
+    """
+
+    def encode(items):
+        if pool is None:
+            for row, picture in items:
+                yield row, encode_picture(picture, size, fit)
+            return
+        in_flight: deque = deque()
+        limit = 4 * workers
+        for rows_and_pictures in _batched(items, chunk):
+            rows = [row for row, _ in rows_and_pictures]
+            future = pool.submit(_encode_chunk, [p for _, p in rows_and_pictures], size, fit)
+            in_flight.append((rows, future))
+            while len(in_flight) >= limit:
+                yield from _drain(in_flight.popleft())
+        while in_flight:
+            yield from _drain(in_flight.popleft())
+
+    return encode
+
+
+def _drain(entry) -> Iterator[tuple[dict[str, Any], dict]]:
+    rows, future = entry
+    yield from zip(rows, future.result())
+
+
+def _batched(items, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def build_corpus(config: CorpusConfig) -> dict[str, Any]:
@@ -268,17 +321,12 @@ _STAGED_COLUMNS = [
 
 
 def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path) -> list[StageResult]:
-    jobs = list(enumerate(zip(config.sources, roots)))
-    if config.workers == 1 or len(jobs) == 1:
-        return [
-            stage_source(i, spec, root, config, staging)
-            for i, (spec, root) in progress(jobs, "staging sources", unit="sources")
-        ]
-    with ProcessPoolExecutor(max_workers=min(config.workers, len(jobs))) as pool:
-        futures = [pool.submit(stage_source, i, spec, root, config, staging) for i, (spec, root) in jobs]
+    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 else None
+    try:
+        encode = make_encoder(pool, config.workers, config.image_size, config.fit)
         results = []
-        for future in progress(futures, "staging sources", unit="sources"):
-            result = future.result()
+        for index, (spec, root) in enumerate(zip(config.sources, roots)):
+            result = stage_source(index, spec, root, config, staging, _counted(encode, spec.adapter))
             log.info(
                 "staged %s: %d samples -> %d images in %.1f s (%d skipped)",
                 result.source,
@@ -288,7 +336,15 @@ def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path) -> list[S
                 len(result.skipped),
             )
             results.append(result)
-    return results
+        return results
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def _counted(encode: Encoder, name: str) -> Encoder:
+    """``encode`` with a progress bar (pictures and pictures/s) for one source."""
+    return lambda items: progress(encode(items), f"staging {name}", unit="images")
 
 
 def _dedupe(table: pd.DataFrame, near_bits: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -343,11 +399,15 @@ def _write_shards(
                     continue  # dropped as a duplicate
                 record = {c: _plain(entry[c]) for c in record_columns}
                 writer = writers[entry["split"]]
-                shard_of[(result.index, row)] = writer.write(entry["shard_index"], entry["key"], png, record)
+                shard_of[(result.index, row)] = (
+                    *writer.write(entry["shard_index"], entry["key"], png, record),
+                    len(png),
+                )
     finally:
         for writer in writers.values():
             writer.close()
-    table["shard"] = [shard_of[(s, r)] for s, r in zip(table["source_index"], table["row"])]
+    located = [shard_of[(s, r)] for s, r in zip(table["source_index"], table["row"])]
+    table["shard"], table["png_offset"], table["png_size"] = (list(column) for column in zip(*located))
     return table.drop(columns=["shard_index"]).sort_values("key").reset_index(drop=True)
 
 

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,19 +42,42 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 class ShardSetWriter:
-    """Writes one split's samples into ``n_shards`` tar files, named ``<split>-000000.tar`` ..."""
+    """Writes one split's samples into ``n_shards`` tar files, named ``<split>-000000.tar`` ...
+
+    Plain POSIX (ustar) members, the layout WebDataset reads; the writer returns where each PNG's bytes
+    start, so the catalog can fetch any one picture with a seek instead of scanning its shard.
+    """
 
     def __init__(self, directory: Path, split: str, n_shards: int):
         self.names = [f"{split}-{i:06d}.tar" for i in range(n_shards)]
-        self._writers = [wds.TarWriter(str(directory / name)) for name in self.names]
+        self._tars = [tarfile.open(directory / name, "w", format=tarfile.USTAR_FORMAT) for name in self.names]  # noqa: SIM115 (closed in close())
 
-    def write(self, shard: int, key: str, png: bytes, record: dict[str, Any]) -> str:
-        self._writers[shard].write({"__key__": key, "png": png, "json": json.dumps(record).encode()})
-        return self.names[shard]
+    def write(self, shard: int, key: str, png: bytes, record: dict[str, Any]) -> tuple[str, int]:
+        """Add ``<key>.png`` and ``<key>.json``; return the shard name and the PNG's byte offset in it."""
+        tar = self._tars[shard]
+        offset = self._add(tar, f"{key}.png", png)
+        self._add(tar, f"{key}.json", json.dumps(record).encode())
+        return self.names[shard], offset
+
+    @staticmethod
+    def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o444
+        start = tar.offset
+        tar.addfile(info, io.BytesIO(data))
+        return start + tarfile.BLOCKSIZE  # a ustar header is one block
 
     def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
+        for tar in self._tars:
+            tar.close()
+
+
+def read_picture(corpus: str | Path, shard: str, offset: int, size: int) -> np.ndarray:
+    """One stored picture, ``[C, H, W]`` uint8, read by its catalog ``shard``/``png_offset``/``png_size``."""
+    with open(Path(corpus) / shard, "rb") as handle:
+        handle.seek(offset)
+        return decode_png(handle.read(size))
 
 
 def rank_and_world() -> tuple[int, int]:

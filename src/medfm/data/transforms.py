@@ -81,14 +81,44 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(planes)
 
 
-def pictures(sample: dict[str, Any], axes: Sequence[str | int], step: int, min_foreground: float):
-    """Yield ``(slice_info, [C, H, W] image)`` for a sample: itself if 2D, its slices if 3D."""
+def physical_aspect(plane: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Resample a ``[C, H, W]`` uint8 plane to square pixels, given its (row, column) spacing in mm."""
+    row_mm, col_mm = (float(v) for v in spacing)
+    if row_mm <= 0 or col_mm <= 0 or abs(row_mm - col_mm) < 1e-3 * max(row_mm, col_mm):
+        return plane
+    finest = min(row_mm, col_mm)
+    height = max(1, round(plane.shape[1] * row_mm / finest))
+    width = max(1, round(plane.shape[2] * col_mm / finest))
+    return _resize(plane, height, width)
+
+
+def pictures(
+    sample: dict[str, Any],
+    axes: Sequence[str | int],
+    step: int,
+    min_foreground: float,
+    min_aspect: float = 0.25,
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """Yield ``(slice_info, [C, H, W] image)`` for a sample: itself if 2D, its slices if 3D.
+
+    Slices of a volume with ``meta["spacing"]`` are resampled to square pixels first (a 5 mm thick series
+    cut coronally is 5 times taller than its pixel count says), and slices whose shorter side is below
+    ``min_aspect`` times the longer one are left out: a one-slice series has no coronal view.
+    """
     image = sample["image"]
     if image.ndim == 3:
         yield {}, image
-    elif image.ndim == 4:
-        names = sample["meta"].get("axis_names")
-        for axis, index, plane in volume_slices(image, axes, names, step=step, min_foreground=min_foreground):
-            yield {"slice_axis": axis, "slice_index": index}, plane
-    else:
+        return
+    if image.ndim != 4:
         raise ValueError(f"image of shape {image.shape} is neither [C, H, W] nor [C, D, H, W]")
+    meta = sample["meta"]
+    names = list(meta.get("axis_names") or ("d", "h", "w"))
+    spacing = meta.get("spacing")
+    for axis, index, plane in volume_slices(image, axes, names, step=step, min_foreground=min_foreground):
+        plane = to_uint8(plane)
+        if spacing is not None:
+            position = names.index(axis)
+            plane = physical_aspect(plane, [v for i, v in enumerate(spacing) if i != position])
+        if min(plane.shape[1:]) < min_aspect * max(plane.shape[1:]):
+            continue
+        yield {"slice_axis": axis, "slice_index": index}, plane
