@@ -164,6 +164,7 @@ def _intensity_histograms(catalog: pd.DataFrame, samples: dict[str, list[np.ndar
         pixels = np.concatenate([p.ravel() for p in samples.get(modality, [])] or [np.zeros(1)])
         axes[1].hist(pixels, bins=64, range=(0, 255), histtype="step", label=modality, density=True, log=True)
     axes[0].set_xlabel("mean intensity per picture")
+    axes[0].legend(fontsize=8)
     axes[1].set_xlabel("pixel value (sampled pictures)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
