@@ -49,13 +49,16 @@ REAL_IDENTIFIERS = [
 def test_dicom_hippocampus_series(dataset):
     root = dataset("dicom-hippocampus-series")
     index = pd.read_csv(root / "series.csv")
-    source = open_source("dicom", root, license="CC BY 3.0", anatomy="brain")
+    source = open_source("dicom", root, license="CC BY 3.0", anatomy="brain", record_paths=True)
     start = time.perf_counter()
     samples = list(source)
     elapsed = time.perf_counter() - start
     print(f"dicom-hippocampus-series: {len(samples)} series, 195 files in {elapsed:.2f} s")
 
     assert len(samples) == 7 and len(source.skips) == 0
+    assert all(
+        "path" not in s["meta"] for s in DicomSource(root, license="x")
+    )  # folder names are not de-identified
     by_path = {s["meta"]["path"]: s for s in samples}
     assert set(by_path) == set(index.series_dir)
     assert sum(s["meta"]["n_slices"] for s in samples) == 195
@@ -94,7 +97,8 @@ def test_dicom_hippocampus_series(dataset):
 def test_slices_stack_in_instance_order(dataset):
     root = dataset("dicom-hippocampus-series")
     folder = "Study3/11_HCropVolume"
-    sample = next(s for s in DicomSource(root, license="CC BY 3.0") if s["meta"]["path"] == folder)
+    source = DicomSource(root, license="CC BY 3.0", record_paths=True)
+    sample = next(s for s in source if s["meta"]["path"] == folder)
     files = [pydicom.dcmread(p) for p in sorted((root / folder).glob("*.dcm"))]
     files.sort(key=lambda ds: int(ds.InstanceNumber))
     expected = percentile_scale(np.stack([ds.pixel_array for ds in files]).astype(np.float32))
@@ -103,9 +107,12 @@ def test_slices_stack_in_instance_order(dataset):
 
 def test_other_salt_other_pseudonyms_same_grouping(dataset):
     root = dataset("dicom-hippocampus-series")
-    default = {s["meta"]["path"]: s["meta"]["subject_id"] for s in DicomSource(root, license="x")}
+    default = {
+        s["meta"]["path"]: s["meta"]["subject_id"] for s in DicomSource(root, license="x", record_paths=True)
+    }
     salted = {
-        s["meta"]["path"]: s["meta"]["subject_id"] for s in DicomSource(root, license="x", subject_salt="k")
+        s["meta"]["path"]: s["meta"]["subject_id"]
+        for s in DicomSource(root, license="x", subject_salt="k", record_paths=True)
     }
     assert not set(default.values()) & set(salted.values())
     assert {frozenset(p for p in default if default[p] == s) for s in default.values()} == {
@@ -205,7 +212,7 @@ def test_series_sorted_by_position_and_bad_files_skipped(tmp_path):
     (tmp_path / "s/x.dcm").write_text("this is not DICOM\n")
     (tmp_path / "s/README").write_text("notes, not DICOM: ignored\n")
 
-    source = DicomSource(tmp_path, keep_hu=True)
+    source = DicomSource(tmp_path, keep_hu=True, record_paths=True)
     samples = list(source)
     assert len(samples) == 1
     image, meta = samples[0]["image"], samples[0]["meta"]

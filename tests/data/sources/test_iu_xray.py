@@ -77,5 +77,5 @@ def test_unusable_tables(tmp_path):
     with pytest.raises(DataError, match="lacks column"):
         IUXrayReports(tmp_path)
     (tmp_path / "indiana_reports.csv").write_text("")
-    with pytest.raises(DataError, match="cannot parse"):
+    with pytest.raises(DataError, match=r"indiana_reports\.csv is empty"):
         IUXrayReports(tmp_path)

@@ -388,8 +388,9 @@ class DicomSource(SourceAdapter):
         anatomy: anatomy when a series has no BodyPartExamined.
         min_slices: a series with fewer usable slices is skipped ("too_few_slices").
         subject_salt: key of the pseudonyms and hashed UIDs; set one per deployment and keep it secret.
-        record_paths: put the series folder in ``meta["path"]``. Folder names are not de-identified: turn
-            this off when folders are named after patients (TCIA downloads start with the PatientID).
+        record_paths: put the series folder in ``meta["path"]``. Off by default because folder names are
+            not de-identified (TCIA downloads, for one, start with the PatientID); turn it on only for
+            folders known to carry no identifiers.
 
     Skip reasons: ``corrupt_dicom`` (not DICOM, truncated, or pixel data that cannot be decoded; the rest
     of the series still loads), ``not_an_image`` (no Rows/Columns or no series UID, e.g. DICOMDIR),
@@ -415,7 +416,7 @@ class DicomSource(SourceAdapter):
         anatomy: str | None = None,
         min_slices: int = 1,
         subject_salt: str = DEFAULT_SUBJECT_SALT,
-        record_paths: bool = True,
+        record_paths: bool = False,
         source: str | None = None,
         license: str | None = None,
     ):

@@ -17,7 +17,8 @@ import pandas as pd
 
 from medfm.data.io import IMAGE_ERRORS, load_image
 from medfm.data.sources.base import SkipLog, SourceAdapter, SourceInfo, register_source
-from medfm.errors import ConfigError, DataError
+from medfm.data.tables import read_csv_table
+from medfm.errors import ConfigError
 
 
 def read_image(
@@ -36,21 +37,8 @@ def read_image(
 
 
 def read_index_csv(path: Path, *, required: list[str], text_columns: list[str]) -> pd.DataFrame:
-    """Read an index CSV, raising :class:`DataError` if it is missing, empty or lacks a required column."""
-    if not path.is_file():
-        raise DataError(f"index file {path} does not exist")
-    try:
-        table = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
-    except pd.errors.EmptyDataError:
-        raise DataError(f"index file {path} is empty (no header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"index file {path} is not a readable CSV: {err}") from None
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise DataError(f"index file {path} lacks column(s) {missing}; it has {list(table.columns)}")
-    if table.empty:
-        raise DataError(f"index file {path} has a header but no rows")
-    return table
+    """Read an index CSV (``text_columns`` kept as strings); :class:`DataError` if unusable."""
+    return read_csv_table(path, what="index file", required=required, dtype=dict.fromkeys(text_columns, str))
 
 
 def _plain(value: Any) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
+from medfm.data.tables import read_csv_table
 from medfm.errors import DataError
 
 REPORT_COLUMNS = ("uid", "MeSH", "Problems", "indication", "comparison", "findings", "impression")
@@ -86,17 +87,9 @@ class IUXrayReports(SourceAdapter):
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """The named columns as stripped strings ("" where empty); DataError for a missing or malformed file."""
-    if not path.is_file():
-        raise DataError(f"iu_xray_reports: table {path} does not exist")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"iu_xray_reports: cannot parse {path}: {err}") from None
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise DataError(f"iu_xray_reports: {path} lacks column(s) {missing}")
-    if table.empty:
-        raise DataError(f"iu_xray_reports: {path} has no rows")
+    table = read_csv_table(
+        path, what="iu_xray_reports table", required=columns, dtype=str, keep_default_na=False
+    )
     return table[list(columns)].apply(lambda column: column.str.strip())
 
 

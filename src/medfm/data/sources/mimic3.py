@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
+from medfm.data.tables import read_csv_table
 from medfm.errors import DataError
 
 # MIMIC shifts the date of birth of patients older than 89 so that they appear about 300 years old.
@@ -97,15 +98,17 @@ class MIMIC3Admissions(SourceAdapter):
         path = next((candidate for candidate in candidates if candidate.is_file()), None)
         if path is None:
             raise DataError(f"{self.name}: required table {name}.csv is missing from {self.root}")
-        try:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-            raise DataError(f"{self.name}: cannot parse {path.name}: {err}") from None
-        table.columns = [column.lower() for column in table.columns]
+        table = read_csv_table(
+            path,
+            what=f"{self.name} table",
+            required=columns,
+            lower_columns=True,
+            allow_empty=True,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+        )
         self.files[name] = path.name
-        missing = sorted(set(columns) - set(table.columns))
-        if missing:
-            raise DataError(f"{self.name}: {path.name} lacks column(s) {missing}")
         return table[columns]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from medfm.data.sources._timeseries import grid_mean, iter_tar_files
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
+from medfm.data.tables import read_csv_table
 from medfm.errors import ConfigError, DataError
 
 # The challenge's time-varying variables, in a fixed order (the columns of ``series``).
@@ -193,17 +194,9 @@ def _descriptor(name: str, value: float) -> float | int | None:
 
 def _read_outcomes(path: Path) -> dict[str, dict[str, Any]]:
     """Labels per RecordID from the outcomes file; -1 (not recorded) becomes None."""
-    if not path.is_file():
-        raise DataError(f"physionet2012: outcomes file {path} does not exist")
-    try:
-        table = pd.read_csv(path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"physionet2012: cannot parse outcomes file {path}: {err}") from None
-    missing = sorted({"RecordID", *OUTCOME_LABELS} - set(table.columns))
-    if missing:
-        raise DataError(f"physionet2012: outcomes file {path} lacks column(s) {missing}")
-    if table.empty:
-        raise DataError(f"physionet2012: outcomes file {path} has no rows")
+    table = read_csv_table(
+        path, what="physionet2012 outcomes file", required=["RecordID", *OUTCOME_LABELS], dtype=str
+    )
     numbers = table[list(OUTCOME_LABELS)].apply(pd.to_numeric, errors="coerce")
     if numbers.isna().any().any() or not numbers["In-hospital_death"].isin([0, 1]).all():
         raise DataError(f"physionet2012: outcomes file {path} has non-numeric or invalid values")

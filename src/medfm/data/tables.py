@@ -1,0 +1,40 @@
+"""Reading the CSV tables that index or label a dataset, with one clear error for each way they go wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medfm.errors import DataError
+
+
+def read_csv_table(
+    path: Path,
+    *,
+    what: str = "table",
+    required: Iterable[str] = (),
+    lower_columns: bool = False,
+    allow_empty: bool = False,
+    **read_options: Any,
+) -> pd.DataFrame:
+    """``pandas.read_csv(path, **read_options)``, raising :class:`DataError` (worded ``"<what> <path> ..."``)
+    when the file is missing, cannot be parsed, lacks a ``required`` column, or has no rows."""
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        table = pd.read_csv(path, **read_options)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{what} {path} is empty (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        raise DataError(f"cannot parse {what} {path}: {err}") from None
+    if lower_columns:
+        table.columns = [str(column).lower() for column in table.columns]
+    missing = sorted(set(required) - set(table.columns))
+    if missing:
+        raise DataError(f"{what} {path} lacks column(s) {missing}; it has {list(table.columns)}")
+    if table.empty and not allow_empty:
+        raise DataError(f"{what} {path} has a header but no rows")
+    return table
