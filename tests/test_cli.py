@@ -79,7 +79,8 @@ def test_sources_and_query(tmp_path):
 @pytest.mark.slow
 def test_quickstart_runs_offline_on_shipped_files(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDFM_DATA_ROOT", raising=False)
-    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs")])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["quickstart", "--out", "qs"])  # relative, as the default is
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "qs" / "corpus" / "summary.json").read_text())
     assert (

@@ -80,7 +80,7 @@ def _copy_shipped_samples(folder: Path) -> tuple[Path, Path]:
 
 def run_quickstart(out: str | Path) -> Path:
     """Build the quickstart corpus under ``out`` and return the path of its data card."""
-    out = Path(out)
+    out = Path(out).resolve()  # source roots inside it must not depend on the working directory
     summary = build_corpus(quickstart_config(out))
     log.info(
         "corpus: %d images from %d sources, %d modalities, %d duplicates removed, %d subjects in two splits",
