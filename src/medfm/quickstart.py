@@ -35,7 +35,7 @@ NIBABEL_FILES = ("anatomical.nii",)
 
 
 def quickstart_config(out: Path) -> CorpusConfig:
-    common = {"output": str(out / "corpus"), "image_size": 64, "slice_axes": ["axial", "coronal", "sagittal"]}
+    common = {"output": str(out / "corpus"), "image_size": 64}
     data_root = os.environ.get("MEDFM_DATA_ROOT")
     if data_root:
         log.info("using the datasets under MEDFM_DATA_ROOT=%s", data_root)
@@ -44,7 +44,7 @@ def quickstart_config(out: Path) -> CorpusConfig:
             for a, folder, o, n in SHARED_SOURCES
             if (Path(data_root) / folder).is_dir()
         ]
-        return CorpusConfig(sources=sources, **common)
+        return CorpusConfig(sources=sources, **common)  # axial slices only: a quick look, not a corpus
     log.info(
         "MEDFM_DATA_ROOT is not set: using the real CT and MR sample files that pydicom and nibabel ship "
         "(set MEDFM_DATA_ROOT to a folder of datasets to use those instead)"
@@ -63,7 +63,8 @@ def quickstart_config(out: Path) -> CorpusConfig:
             },
         ),
     ]
-    return CorpusConfig(sources=sources, **common)
+    # one small volume: every plane of it, to show slicing along several axes
+    return CorpusConfig(sources=sources, slice_axes=["axial", "coronal", "sagittal"], **common)
 
 
 def _copy_shipped_samples(folder: Path) -> tuple[Path, Path]:
