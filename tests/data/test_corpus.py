@@ -188,3 +188,15 @@ def test_worker_processes_give_the_same_corpus(tmp_path):
     second = pd.read_parquet(tmp_path / "two" / "catalog.parquet", columns=columns)
     pd.testing.assert_frame_equal(first, second)
     assert one["images"] == two["images"]
+
+
+def test_output_that_is_not_a_corpus_is_never_deleted(tmp_path):
+    precious = tmp_path / "corpus" / "notes.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_text("keep me")
+    with pytest.raises(ConfigError, match="not a corpus"):
+        build_corpus(_config(tmp_path))
+    assert precious.read_text() == "keep me"
+    precious.unlink()
+    build_corpus(_config(tmp_path))  # an empty folder, then an earlier corpus, may be replaced
+    build_corpus(_config(tmp_path))

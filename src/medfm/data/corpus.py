@@ -251,6 +251,7 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
             raise DataError(f"source {spec.adapter!r}: folder does not exist: {root}")
     out = Path(config.output)
     if out.exists():
+        _check_replaceable(out)
         shutil.rmtree(out)  # a rebuild replaces the corpus whole: stale shards must not survive
     staging = out / STAGING
     staging.mkdir(parents=True)
@@ -297,6 +298,17 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     run.log(stage="done", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     run.finish(**{k: summary[k] for k in ("images", "sources", "modalities", "duplicates_removed")})
     return summary
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to delete a folder that is neither empty nor an earlier corpus (a typo must not cost data)."""
+    earlier_corpus = (out / "config.yaml").is_file() and (
+        (out / CATALOG).is_file() or (out / STAGING).is_dir()
+    )
+    if out.is_file() or (any(out.iterdir()) and not earlier_corpus):
+        raise ConfigError(
+            f"output {out} exists and is not a corpus built by medfm; choose another output folder"
+        )
 
 
 _STAGED_COLUMNS = [
