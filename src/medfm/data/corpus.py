@@ -39,6 +39,7 @@ from medfm.data.dedup import HASH_BITS, near_duplicate_of, perceptual_hash, pixe
 from medfm.data.shards import CATALOG, ShardSetWriter, encode_png
 from medfm.data.sources import open_source
 from medfm.data.splits import check_fractions, subject_splits, subjects_in_several_splits
+from medfm.data.tables import json_value
 from medfm.data.transforms import FIT_MODES, fit_to_size, pictures
 from medfm.errors import ConfigError, DataError
 from medfm.log import get_logger, progress
@@ -275,9 +276,7 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
         )
     if not any(r.images for r in staged):
         raise DataError("no images were produced by any source; see the skipped-file warnings above")
-    table = pd.concat(
-        [pd.read_parquet(r.staging, columns=_STAGED_COLUMNS) for r in staged if r.images], ignore_index=True
-    )
+    table = pd.concat([_staged_metadata(r.staging) for r in staged if r.images], ignore_index=True)
 
     table, duplicates = _dedupe(table, config.near_duplicate_bits)
     table["subject_key"] = table["source"] + "/" + table["subject_id"]
@@ -311,25 +310,15 @@ def _check_replaceable(out: Path) -> None:
         )
 
 
-_STAGED_COLUMNS = [
-    "source_index",
-    "source",
-    "sample_id",
-    "subject_id",
-    "modality",
-    "anatomy",
-    "license",
-    "labels",
-    "official_split",
-    "slice_axis",
-    "slice_index",
-    "original_shape",
-    "channels",
-    "mean",
-    "std",
-    "sha256",
-    "phash",
-]
+def _staged_metadata(path: str) -> pd.DataFrame:
+    """Every staged column but the PNG bytes (those stay on disk until the shards are written)."""
+    columns = [name for name in pq.read_schema(path).names if name != "png"]
+    return pd.read_parquet(path, columns=columns)
+
+
+def _staged_pngs(path: str) -> Iterator[bytes]:
+    for batch in pq.ParquetFile(path).iter_batches(columns=["png"], batch_size=512):
+        yield from batch.column("png").to_pylist()
 
 
 def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path) -> list[StageResult]:
@@ -391,25 +380,18 @@ def _write_shards(
         table.loc[rows.index, "shard_index"] = rng.permutation(len(rows)) % n_shards
         writers[split] = ShardSetWriter(out, split, n_shards)
     record_columns = [c for c in table.columns if c not in ("source_index", "row", "shard_index")]
-    shard_of: dict[tuple[int, int], str] = {}
+    shard_of: dict[tuple[int, int], tuple[str, int, int]] = {}  # (source, row) -> shard, offset, size
     try:
         for result in progress(staged, "writing shards", unit="sources"):
+            if not result.images:
+                continue  # no staging file
             kept = table[table["source_index"] == result.index]
             entries = dict(zip(kept["row"], kept.to_dict("records")))
-            pngs = (
-                (
-                    png
-                    for batch in pq.ParquetFile(result.staging).iter_batches(columns=["png"], batch_size=512)
-                    for png in batch.column("png").to_pylist()
-                )
-                if result.images
-                else iter(())
-            )
-            for row, png in enumerate(pngs):
+            for row, png in enumerate(_staged_pngs(result.staging)):
                 entry = entries.get(row)
                 if entry is None:
                     continue  # dropped as a duplicate
-                record = {c: _plain(entry[c]) for c in record_columns}
+                record = {c: json_value(entry[c]) for c in record_columns}
                 writer = writers[entry["split"]]
                 shard_of[(result.index, row)] = (
                     *writer.write(entry["shard_index"], entry["key"], png, record),
@@ -421,14 +403,6 @@ def _write_shards(
     located = [shard_of[(s, r)] for s, r in zip(table["source_index"], table["row"])]
     table["shard"], table["png_offset"], table["png_size"] = (list(column) for column in zip(*located))
     return table.drop(columns=["shard_index"]).sort_values("key").reset_index(drop=True)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def _source_entry(result: StageResult) -> dict[str, Any]:

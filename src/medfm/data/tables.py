@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medfm.errors import DataError
@@ -38,3 +40,10 @@ def read_csv_table(
     if table.empty and not allow_empty:
         raise DataError(f"{what} {path} has a header but no rows")
     return table
+
+
+def json_value(value: Any) -> Any:
+    """A table cell as a JSON-friendly value: numpy scalars become Python ones, NaN (an empty cell) None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -6,7 +6,6 @@ paediatric pneumonia X-ray set, which is such a folder with subjects encoded in 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 
 from medfm.data.io import IMAGE_ERRORS, load_image
 from medfm.data.sources.base import SkipLog, SourceAdapter, SourceInfo, register_source
-from medfm.data.tables import read_csv_table
+from medfm.data.tables import json_value, read_csv_table
 from medfm.errors import ConfigError
 
 
@@ -39,11 +38,6 @@ def read_image(
 def read_index_csv(path: Path, *, required: list[str], text_columns: list[str]) -> pd.DataFrame:
     """Read an index CSV (``text_columns`` kept as strings); :class:`DataError` if unusable."""
     return read_csv_table(path, what="index file", required=required, dtype=dict.fromkeys(text_columns, str))
-
-
-def _plain(value: Any) -> Any:
-    """A CSV cell as a JSON-friendly value: empty cells (NaN) become ``None``."""
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 @register_source("image_folder")
@@ -136,7 +130,7 @@ class ImageFolderSource(SourceAdapter):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for row_number, row in enumerate(self.table.to_dict("records"), start=2):
-            rel_path = _plain(row[self.path_column])
+            rel_path = json_value(row[self.path_column])
             if not rel_path:
                 self.skips.add(f"{self.labels_path.name}:{row_number}", "missing_file", "row has no path")
                 continue
@@ -148,7 +142,7 @@ class ImageFolderSource(SourceAdapter):
             )
             if image is None:
                 continue
-            extra = {"official_split": _plain(row[self.split_column])} if self.split_column else {}
+            extra = {"official_split": json_value(row[self.split_column])} if self.split_column else {}
             meta = self.meta(
                 sample_id=rel_path,
                 subject_id=subject,
@@ -163,7 +157,7 @@ class ImageFolderSource(SourceAdapter):
     def subject_of(self, row: dict[str, Any], rel_path: str) -> str | None:
         """The row's subject id, or ``None`` (after recording a skip) when it cannot be found."""
         if self.subject_column:
-            subject = _plain(row[self.subject_column])
+            subject = json_value(row[self.subject_column])
             if subject is None or not str(subject).strip():
                 self.skips.add(rel_path, "missing_subject", f"empty {self.subject_column!r} cell")
                 return None
@@ -180,7 +174,7 @@ class ImageFolderSource(SourceAdapter):
 
     def labels_of(self, row: dict[str, Any], rel_path: str) -> dict[str, Any]:
         """The row's labels; subclasses derive extra labels (e.g. from the file name) here."""
-        return {column: _plain(row[column]) for column in self.label_columns}
+        return {column: json_value(row[column]) for column in self.label_columns}
 
 
 @register_source("pediatric_pneumonia_xray")
@@ -211,7 +205,7 @@ class PediatricPneumoniaXraySource(ImageFolderSource):
     subtype_pattern: ClassVar[re.Pattern[str]] = re.compile(r"_(bacteria|virus)_")
 
     def labels_of(self, row: dict[str, Any], rel_path: str) -> dict[str, Any]:
-        labels: dict[str, Any] = {"diagnosis": _plain(row.get("label"))}
+        labels: dict[str, Any] = {"diagnosis": json_value(row.get("label"))}
         subtype = self.subtype_pattern.search(Path(rel_path).name)
         if subtype:
             labels["subtype"] = subtype.group(1)
