@@ -30,3 +30,23 @@ def dataset(data_root: Path):
         return path
 
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, dataset) -> Path:
+    """A small real corpus at 32 px (PneumoniaMNIST chest X-rays and MSD CT/MR slices), built once."""
+    from medfm.data.corpus import CorpusConfig, SourceSpec, build_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    config = CorpusConfig(
+        output=str(out),
+        image_size=32,
+        sources=[
+            SourceSpec(adapter="pneumoniamnist", root=str(dataset("pneumoniamnist")), max_samples=320),
+            SourceSpec(adapter="npy_slices", root=str(dataset("msd-2d-slices"))),
+        ],
+        shard_size=64,
+        workers=1,
+    )
+    build_corpus(config)
+    return out

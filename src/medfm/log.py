@@ -37,9 +37,19 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def progress(
-    items: Iterable[T], description: str, total: int | None = None, unit: str = "items"
+    items: Iterable[T],
+    description: str,
+    total: int | None = None,
+    unit: str = "items",
+    *,
+    start: int = 0,
+    scale: float = 1.0,
 ) -> Iterator[T]:
-    """Iterate with a progress bar showing count, rate and time left (plain output when not a terminal)."""
+    """Iterate with a progress bar showing count, rate and time left (plain output when not a terminal).
+
+    ``start`` is how many of ``total`` were done before (a resumed run); the rate shown is items per
+    second times ``scale`` (training steps counted, images per second shown).
+    """
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     columns = [
@@ -51,10 +61,10 @@ def progress(
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=total, rate="")
+        task = bar.add_task(description, total=total, completed=start, rate="")
         for item in items:
             yield item
             bar.advance(task)
             speed = bar.tasks[0].speed
             if speed:
-                bar.update(task, rate=f"{speed:,.1f} {unit}/s")
+                bar.update(task, rate=f"{speed * scale:,.1f} {unit}/s")

@@ -92,12 +92,21 @@ class Run:
         *,
         seeds: dict[str, int] | None = None,
         data: dict[str, str | Path] | None = None,
+        resume_step: int | None = None,
     ) -> Run:
-        """Make ``path`` (it may exist, then files are replaced) and write config and provenance."""
+        """Make ``path`` (it may exist, then files are replaced) and write config and provenance.
+
+        ``resume_step`` continues a run resumed from a checkpoint of that step: metric lines up to it are
+        kept, later ones (logged after the checkpoint by the run that stopped) are dropped.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_config(config, path / "config.yaml")
-        (path / "metrics.jsonl").write_text("")
+        metrics = path / "metrics.jsonl"
+        kept = []
+        if resume_step is not None and metrics.is_file():
+            kept = [r for r in read_metrics(metrics) if r.get("step", 0) <= resume_step]
+        metrics.write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in kept))
         run = cls(path=path)
         run.provenance = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -109,6 +118,7 @@ class Run:
             "packages": package_versions(),
             "seeds": seeds or {},
             "data": {name: fingerprint_path(p) for name, p in (data or {}).items()},
+            **({"resumed_from_step": resume_step} if resume_step is not None else {}),
         }
         run._write_provenance()
         return run

@@ -1,0 +1,1 @@
+"""The one training loop every medfm stage reuses: schedules, hooks, checkpoints, DDP, resumable data."""
