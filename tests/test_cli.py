@@ -80,8 +80,10 @@ def test_sources_and_query(tmp_path):
 def test_quickstart_runs_offline_on_shipped_files(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDFM_DATA_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["quickstart", "--out", "qs"])  # relative, as the default is
+    result = runner.invoke(app, ["quickstart", "--out", "qs", "--pretrain-steps", "3"])  # relative path
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "qs" / "pretrain" / "bundle" / "model.safetensors").is_file()
+    assert len((tmp_path / "qs" / "pretrain" / "metrics.jsonl").read_text().splitlines()) == 3
     summary = json.loads((tmp_path / "qs" / "corpus" / "summary.json").read_text())
     assert (
         summary["sources"] == 2 and summary["modalities"] == 2 and summary["subjects_in_several_splits"] == 0

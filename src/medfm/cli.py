@@ -98,15 +98,77 @@ def data_query(
 
 @app.command()
 @friendly_errors
+def pretrain(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="pretraining YAML (configs/pretrain/)")
+    ] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Pretrain an encoder self-supervised (MAE or DINOv2-style) on a built corpus; resumes if stopped.
+
+    Run it under `torchrun --nproc_per_node=N` for DDP (gloo on CPUs, NCCL on GPUs).
+    """
+    from medfm.pretrain.job import load_pretrain_config, run_pretrain
+
+    settings = load_pretrain_config(config, overrides or [])
+    last = run_pretrain(settings)
+    console.print(
+        f"[bold green]pretraining done:[/] loss {last.get('loss', float('nan')):.4f}; "
+        f"run, checkpoints and bundle in {settings.output}"
+    )
+
+
+@app.command("export")
+@friendly_errors
+def export(
+    run: Annotated[Path, typer.Option("--run", help="a pretraining run folder")],
+    out: Annotated[Path | None, typer.Option(help="bundle folder (default <run>/bundle)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="a checkpoint folder (default: the latest)")] = None,
+    weights: Annotated[str, typer.Option(help="auto | ema | raw")] = "auto",
+) -> None:
+    """Write a release bundle (model.safetensors, config.yaml, MODEL_CARD.md) from a pretraining run."""
+    from medfm.pretrain.export import export_bundle
+
+    path = export_bundle(run, out, checkpoint=checkpoint, weights=weights)
+    console.print(f"bundle written to {path}")
+
+
+@app.command("models")
+@friendly_errors
+def models(pattern: Annotated[str, typer.Argument(help="wildcard, e.g. 'vit_small*'")] = "*") -> None:
+    """List the registered encoders and pretraining methods."""
+    from medfm.models.encoders import ENCODERS
+    from medfm.pretrain import dino, mae  # noqa: F401  (register the methods)
+    from medfm.pretrain.base import METHODS
+
+    table = Table("encoder", "class", "embed dim", "depth", "heads", "patch", "default size")
+    for name in ENCODERS.list(pattern):
+        spec = ENCODERS.get(name)
+        arch = spec.arch
+        table.add_row(
+            name,
+            spec.cls.__name__,
+            *(str(arch.get(k)) for k in ("embed_dim", "depth", "num_heads", "patch_size")),
+            str(spec.img_size),
+        )
+    console.print(table)
+    console.print("methods: " + ", ".join(METHODS.list()))
+
+
+@app.command()
+@friendly_errors
 def quickstart(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/quickstart"),
+    pretrain_steps: Annotated[int, typer.Option(help="MAE steps on the corpus (0: skip pretraining)")] = 300,
 ) -> None:
-    """Build a small corpus from real files (MEDFM_DATA_ROOT, or files shipped with dependencies)."""
+    """Build a small corpus from real files (MEDFM_DATA_ROOT, or files shipped with dependencies), then
+    pretrain a ViT-Tiny on it with MAE."""
     from medfm.quickstart import run_quickstart
 
-    card = run_quickstart(out)
+    card = run_quickstart(out, pretrain_steps)
     console.print(Markdown(card.read_text()))
-    console.print(f"\n[bold green]quickstart done:[/] corpus and card in {out}")
+    done = "corpus and card" + (", pretraining run and bundle" if pretrain_steps > 0 else "")
+    console.print(f"\n[bold green]quickstart done:[/] {done} in {out}")
 
 
 def print_summary(summary: dict) -> None:

@@ -107,7 +107,7 @@ def test_hooks_change_the_loss_and_keep_state(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
-    with pytest.raises(MedfmError, match="loss became (nan|inf)"):
+    with pytest.raises(MedfmError, match=r"loss became (nan|inf)"):
         make_trainer(tmp_path, lr=1e30, warmup_steps=0, steps=30).fit()
 
 

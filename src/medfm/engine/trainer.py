@@ -154,6 +154,7 @@ class Trainer:
             lr=config.lr,
             betas=tuple(config.betas),
             weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",  # one kernel for all parameters on GPUs
         )
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay) if config.ema_decay > 0 else None
         forward: nn.Module = self.model
@@ -363,8 +364,17 @@ class Trainer:
                 last = self._log_window(window, window_steps, elapsed)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if save:
-                self.save_checkpoint()
+                path = self.save_checkpoint()
                 window_start = time.perf_counter()  # saving is not training time
+                if self.dist.is_main:
+                    log.info(
+                        "step %d/%d: loss %.4f, %.1f images/s; checkpoint %s",
+                        self.step,
+                        config.steps,
+                        last["loss"],
+                        last["images_per_s"],
+                        path.name,
+                    )
         batches.close()
         for hook in self.hooks:
             hook.on_fit_end(self)

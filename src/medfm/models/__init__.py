@@ -1,0 +1,1 @@
+"""Model zoo: encoders by name, release bundles."""

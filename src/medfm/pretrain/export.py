@@ -1,0 +1,136 @@
+"""``medfm export``: turn a pretraining run's checkpoint into a release bundle with its model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medfm.config import config_to_dict, load_config
+from medfm.engine.checkpoint import STATE, latest_checkpoint, load_tensors
+from medfm.errors import MedfmError
+from medfm.models.bundle import save_bundle
+from medfm.pretrain.base import METHODS
+from medfm.pretrain.config import PretrainConfig
+from medfm.runs import read_metrics
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    weights: str = "auto",
+) -> Path:
+    """Write ``model.safetensors``, ``config.yaml`` and ``MODEL_CARD.md`` for a pretraining run.
+
+    ``checkpoint`` defaults to the run's latest; ``weights`` is ``ema`` (the EMA copy), ``raw`` (the trained
+    weights) or ``auto`` (EMA when the run kept one).
+    """
+    from medfm.pretrain import dino, mae  # noqa: F401  (register the methods)
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MedfmError(f"{run_dir} is not a pretraining run folder (no config.yaml)")
+    config = load_config(PretrainConfig, run_dir / "config.yaml")
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise MedfmError(f"{run_dir} has no checkpoint yet (nothing under {run_dir / 'checkpoints'})")
+    if weights not in ("auto", "ema", "raw"):
+        raise MedfmError(f"weights must be auto, ema or raw, got {weights!r}")
+    has_ema = (ckpt / "ema.safetensors").is_file()
+    if weights == "ema" and not has_ema:
+        raise MedfmError(f"{ckpt} has no EMA weights (the run had train.ema_decay=0)")
+    use_ema = has_ema and weights != "raw"
+    state = load_tensors(ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
+    step = json.loads((ckpt / STATE).read_text())["step"]
+    method = METHODS.get(config.method)
+    metrics = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", 0) <= step and "loss" in r]
+    bundle_config = {
+        "encoder": {"name": config.encoder, "in_chans": config.in_chans, "img_size": config.image_size},
+        "method": config.method,
+        "encoder_prefix": method.encoder_prefix,
+        "normalisation": {"mean": config.views.mean, "std": config.views.std},
+        "weights": "ema" if use_ema else "raw",
+        "steps": step,
+        "images_seen": step * config.train.batch_size * config.train.accum_steps * _world_size(ckpt),
+        "final_metrics": metrics[-1] if metrics else {},
+        "pretrain_config": config_to_dict(config),
+        "data": _corpus_summary(config.data.corpus),
+    }
+    out = Path(out) if out else run_dir / "bundle"
+    return save_bundle(out, state, bundle_config, model_card(bundle_config, metrics))
+
+
+def _world_size(ckpt: Path) -> int:
+    return json.loads((ckpt / STATE).read_text()).get("world_size", 1)
+
+
+def _corpus_summary(corpus: str) -> dict[str, Any]:
+    root = Path(corpus)
+    summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
+    sources = json.loads((root / "sources.json").read_text()) if (root / "sources.json").is_file() else []
+    return {
+        "corpus": root.name,
+        "images": summary.get("images"),
+        "images_per_split": summary.get("images_per_split"),
+        "subjects": summary.get("subjects"),
+        "image_size": summary.get("image_size"),
+        "sources": [{k: s.get(k) for k in ("source", "modality", "anatomy", "license")} for s in sources],
+    }
+
+
+def model_card(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
+    """A Markdown model card: what the encoder is, what it saw, how it was trained, how it ended."""
+    pre, data, final = config["pretrain_config"], config["data"], config["final_metrics"]
+    train, encoder = pre["train"], config["encoder"]
+    lines = [
+        f"# {config['method'].upper()} {encoder['name']} ({encoder['in_chans']} channel(s), "
+        f"{encoder['img_size']} px)",
+        "",
+        "A self-supervised medical image encoder pretrained with medfm. Load it with "
+        '`medfm.models.encoders.create_encoder("<this folder>")`; inputs are scaled to [0, 1] and then '
+        f"normalised with mean {config['normalisation']['mean']} and std {config['normalisation']['std']}.",
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| method | {config['method']} ({json.dumps(pre[config['method']])}) |",
+        f"| optimiser steps | {config['steps']} |",
+        f"| images seen | {config['images_seen']:,} |",
+        f"| batch (per rank x accumulation) | {train['batch_size']} x {train['accum_steps']} |",
+        f"| learning rate | peak {train['lr']}, warm-up {train['warmup_steps']} steps, "
+        f"cosine to {train['min_lr']} |",
+        f"| weight decay | {train['weight_decay']} -> {train['weight_decay_end']} |",
+        f"| precision | {train['precision']} |",
+        f"| weights exported | {config['weights']} |",
+        "",
+        "## Data",
+        "",
+        f"Corpus `{data['corpus']}`: {data['images']} pictures of {data['subjects']} subjects at "
+        f"{data['image_size']} px, split by subject ({json.dumps(data['images_per_split'])}); "
+        f"pretraining used split `{pre['data']['split']}`"
+        + (f", modalities {pre['data']['modalities']}" if pre["data"]["modalities"] else "")
+        + (f", {pre['data']['fraction']:.0%} of it" if pre["data"]["fraction"] < 1 else "")
+        + ".",
+        "",
+        "| source | modality | anatomy | license |",
+        "|---|---|---|---|",
+        *(f"| {s['source']} | {s['modality']} | {s['anatomy']} | {s['license']} |" for s in data["sources"]),
+        "",
+        "## Final training metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {v:.4g} |" for k, v in final.items() if isinstance(v, float)),
+        "",
+        f"Logged points: {len(metrics)}. The run folder holds `metrics.jsonl` and `loss.png`.",
+        "",
+        "## Limits",
+        "",
+        "Pretrained on a small public corpus; not a medical device. Check each source's license before "
+        "redistributing the weights.",
+        "",
+    ]
+    return "\n".join(lines)

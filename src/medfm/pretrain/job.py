@@ -1,0 +1,97 @@
+"""``medfm pretrain``: build the encoder and method, read the corpus, train, and leave a bundle behind.
+
+Under ``torchrun`` every rank runs this same function; rank 0 writes the run record, metrics, figures and
+the bundle. Run twice with the same output folder, it resumes from the latest checkpoint there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medfm.config import load_config
+from medfm.engine.checkpoint import STATE, latest_checkpoint
+from medfm.engine.distributed import cleanup_distributed, setup_distributed
+from medfm.engine.trainer import Trainer, seed_everything
+from medfm.errors import ConfigError
+from medfm.log import get_logger
+from medfm.models.encoders import create_encoder
+from medfm.pretrain.base import METHODS, PretrainMethod
+from medfm.pretrain.config import PretrainConfig
+from medfm.pretrain.data import CorpusImages
+from medfm.runs import Run
+
+log = get_logger("pretrain")
+
+
+def build_method(config: PretrainConfig) -> PretrainMethod:
+    """The encoder and the method around it, from a pretraining config (weights seeded by ``train.seed``)."""
+    # Import the method modules so they register themselves.
+    from medfm.pretrain import dino, mae  # noqa: F401
+
+    try:
+        method_cls = METHODS.get(config.method)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from None
+    seed_everything(config.train.seed)
+    encoder = create_encoder(config.encoder, in_chans=config.in_chans, img_size=config.image_size)
+    return method_cls(encoder, getattr(config, config.method), config.image_size, views=config.views)
+
+
+def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Train ``config``; return the last logged metrics. Writes checkpoints, metrics, figures and a bundle."""
+    dist = setup_distributed(config.train.device)
+    try:
+        method = build_method(config)
+        data = config.data
+        dataset = CorpusImages(
+            data.corpus,
+            method.views(),
+            split=data.split,
+            modalities=data.modalities,
+            sources=data.sources,
+            fraction=data.fraction,
+            seed=config.train.seed,
+        )
+        output = Path(config.output)
+        checkpoint = latest_checkpoint(output / "checkpoints") if config.resume else None
+        resume_step = json.loads((checkpoint / STATE).read_text())["step"] if checkpoint else None
+        run = None
+        if dist.is_main:
+            run = Run.create(
+                output,
+                config,
+                seeds={"seed": config.train.seed},
+                data={"corpus": data.corpus},
+                resume_step=resume_step,
+            )
+            log.info(
+                "%s on %s: %d pictures (%s), %d rank(s), %d images per step",
+                config.method,
+                config.encoder,
+                len(dataset),
+                ", ".join(f"{k} {v}" for k, v in sorted(dataset.counts.items())),
+                dist.world_size,
+                config.train.batch_size * config.train.accum_steps * dist.world_size,
+            )
+        trainer = Trainer(method, dataset, config.train, output, run=run, dist_info=dist)
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        last = trainer.fit()
+        if dist.is_main:
+            from medfm.pretrain.export import export_bundle
+            from medfm.pretrain.figures import plot_loss_curve
+
+            plot_loss_curve(
+                output / "metrics.jsonl", output / "loss.png", title=f"{config.method} {config.encoder}"
+            )
+            bundle = export_bundle(output, output / "bundle")
+            run.finish(**last, steps=trainer.step, bundle=str(bundle))
+        return last
+    finally:
+        cleanup_distributed()
+
+
+def load_pretrain_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig:
+    return load_config(PretrainConfig, path, overrides)
