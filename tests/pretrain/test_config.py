@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+
+from medfm.config import load_config
+from medfm.errors import ConfigError
+from medfm.pretrain.config import PretrainConfig
+
+RECIPES = sorted((Path(__file__).parents[2] / "configs" / "pretrain").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_loads_and_names_a_known_encoder_and_method(path):
+    from medfm.models.encoders import ENCODERS
+    from medfm.pretrain.base import METHODS
+    from medfm.pretrain.job import build_method  # noqa: F401  (registers the methods)
+
+    config = load_config(PretrainConfig, path)
+    assert config.encoder in ENCODERS and config.method in METHODS
+    assert config.train.steps > config.train.warmup_steps
+
+
+def test_recipes_exist():
+    assert {p.stem for p in RECIPES} >= {"mae-vit-tiny8-64", "dino-vit-tiny8-64", "mae-vit-base16-224"}
+
+
+def test_overrides_reach_nested_sections_and_bad_keys_are_named():
+    config = load_config(PretrainConfig, None, ["train.steps=7", "mae.mask_ratio=0.6", "views.hflip=0"])
+    assert (config.train.steps, config.mae.mask_ratio, config.views.hflip) == (7, 0.6, 0.0)
+    with pytest.raises(ConfigError, match="train.stepz"):
+        load_config(PretrainConfig, None, ["train.stepz=7"])

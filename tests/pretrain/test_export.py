@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from medfm.config import load_config
+from medfm.errors import MedfmError
+from medfm.models.bundle import load_bundle
+from medfm.pretrain.config import PretrainConfig
+from medfm.pretrain.export import export_bundle
+from medfm.pretrain.job import run_pretrain
+
+
+def tiny_run(corpus, out, *extra):
+    overrides = [
+        f"output={out}",
+        f"data.corpus={corpus}",
+        "encoder=test_vit",
+        "image_size=32",
+        "train.steps=3",
+        "train.batch_size=8",
+        "train.workers=0",
+        "train.log_every=1",
+        *extra,
+    ]
+    run_pretrain(load_config(PretrainConfig, None, overrides))
+    return out
+
+
+def test_ema_and_raw_weights_are_both_exportable(tiny_corpus, tmp_path):
+    run = tiny_run(
+        tiny_corpus,
+        tmp_path / "run",
+        "train.ema_decay=0.5",
+        "method=dino",
+        "dino.out_dim=64",
+        "dino.head_hidden=32",
+        "dino.head_bottleneck=16",
+    )
+    ema = load_bundle(export_bundle(run, tmp_path / "ema", weights="ema"))
+    raw = load_bundle(export_bundle(run, tmp_path / "raw", weights="raw"))
+    assert ema.config["weights"] == "ema" and raw.config["weights"] == "raw"
+    assert ema.config["encoder_prefix"] == "teacher_encoder."
+    key = "student_encoder.patch_embed.proj.weight"
+    assert not torch.equal(ema.state[key], raw.state[key])
+    assert "dino_loss" in ema.config["final_metrics"]
+
+
+def test_export_errors_are_clear(tiny_corpus, tmp_path):
+    with pytest.raises(MedfmError, match="not a pretraining run"):
+        export_bundle(tmp_path)
+    run = tiny_run(tiny_corpus, tmp_path / "run")
+    with pytest.raises(MedfmError, match="no EMA weights"):
+        export_bundle(run, tmp_path / "out", weights="ema")
+    with pytest.raises(MedfmError, match="auto, ema or raw"):
+        export_bundle(run, tmp_path / "out", weights="best")
