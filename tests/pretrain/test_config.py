@@ -27,5 +27,5 @@ def test_recipes_exist():
 def test_overrides_reach_nested_sections_and_bad_keys_are_named():
     config = load_config(PretrainConfig, None, ["train.steps=7", "mae.mask_ratio=0.6", "views.hflip=0"])
     assert (config.train.steps, config.mae.mask_ratio, config.views.hflip) == (7, 0.6, 0.0)
-    with pytest.raises(ConfigError, match="train.stepz"):
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
         load_config(PretrainConfig, None, ["train.stepz=7"])
