@@ -48,6 +48,11 @@ def test_export_errors_are_clear(tiny_corpus, tmp_path):
     with pytest.raises(MedfmError, match="not a pretraining run"):
         export_bundle(tmp_path)
     run = tiny_run(tiny_corpus, tmp_path / "run")
+    assert (run / "reconstructions.png").is_file() and (run / "loss.png").is_file()
+    first = (run / "bundle" / "model.safetensors").read_bytes()
+    tiny_run(tiny_corpus, run)  # a finished run started again trains nothing and re-exports the same
+    assert (run / "bundle" / "model.safetensors").read_bytes() == first
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     with pytest.raises(MedfmError, match="no EMA weights"):
         export_bundle(run, tmp_path / "out", weights="ema")
     with pytest.raises(MedfmError, match="auto, ema or raw"):

@@ -339,6 +339,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``config.steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
         config = self.config
+        if self.step >= config.steps:
+            log.info("nothing to train: the run is already at step %d of %d", self.step, config.steps)
+            return {}
         self.model.train()
         for hook in self.hooks:
             hook.on_fit_start(self)

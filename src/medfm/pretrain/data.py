@@ -65,6 +65,7 @@ class CorpusImages(Dataset):
         self.shard_index = rows["shard"].map({s: i for i, s in enumerate(self.shards)}).to_numpy(np.int32)
         self.offsets = rows["png_offset"].to_numpy(np.int64)
         self.sizes = rows["png_size"].to_numpy(np.int64)
+        self.modality = rows["modality"].to_numpy()
         self.counts = rows.groupby("modality").size().to_dict()
         self._files: dict[int, int] = {}
         self._pid = os.getpid()

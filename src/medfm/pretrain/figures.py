@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -32,6 +33,46 @@ def plot_loss_curve(metrics: str | Path, out: str | Path, title: str = "") -> Pa
     ax.legend(loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_reconstructions(
+    method: torch.nn.Module, images: torch.Tensor, out: str | Path, title: str = ""
+) -> Path:
+    """For MAE: each picture, what the encoder saw (hidden patches grey) and the reconstruction.
+
+    ``images`` are normalised views ``[N, C, H, W]`` (the method's own input).
+    """
+    was_training = method.training
+    method.eval()
+    try:
+        reconstruction, mask = method.reconstruct(images)
+    finally:
+        method.train(was_training)
+    visible = images * (1 - mask) + images.min() * mask
+    pasted = images * (1 - mask) + reconstruction * mask
+    rows = [("input", images), ("visible to the encoder", visible), ("reconstruction", pasted)]
+    n = images.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.4 * n, 1.5 * len(rows)), dpi=120, squeeze=False)
+    for r, (label, batch) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r][i]
+            picture = batch[i].float()
+            low, high = images[i].min(), images[i].max()  # one intensity scale per picture
+            shown = ((picture - low) / (high - low + 1e-6)).clamp(0, 1)
+            if shown.shape[0] == 1:
+                ax.imshow(shown[0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(shown[:3].permute(1, 2, 0).cpu().numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
     fig.savefig(out)
     plt.close(fig)
     return out

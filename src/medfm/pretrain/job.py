@@ -6,21 +6,25 @@ the bundle. Run twice with the same output folder, it resumes from the latest ch
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from medfm.config import load_config
 from medfm.engine.checkpoint import STATE, latest_checkpoint
 from medfm.engine.distributed import cleanup_distributed, setup_distributed
 from medfm.engine.trainer import Trainer, seed_everything
-from medfm.errors import ConfigError
+from medfm.errors import ConfigError, DataError
 from medfm.log import get_logger
 from medfm.models.encoders import create_encoder
 from medfm.pretrain.base import METHODS, PretrainMethod
 from medfm.pretrain.config import PretrainConfig
 from medfm.pretrain.data import CorpusImages
-from medfm.runs import Run
+from medfm.runs import Run, read_metrics
 
 log = get_logger("pretrain")
 
@@ -79,18 +83,39 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         if checkpoint is not None:
             trainer.resume(checkpoint)
         last = trainer.fit()
+        if not last and dist.is_main:  # a finished run started again: report what it logged
+            logged = [r for r in read_metrics(output / "metrics.jsonl") if "loss" in r]
+            last = logged[-1] if logged else {}
         if dist.is_main:
             from medfm.pretrain.export import export_bundle
-            from medfm.pretrain.figures import plot_loss_curve
+            from medfm.pretrain.figures import plot_loss_curve, plot_reconstructions
 
-            plot_loss_curve(
-                output / "metrics.jsonl", output / "loss.png", title=f"{config.method} {config.encoder}"
-            )
+            title = f"{config.method} {config.encoder}"
+            plot_loss_curve(output / "metrics.jsonl", output / "loss.png", title=title)
+            if hasattr(method, "reconstruct"):
+                examples = held_out_views(config, method)
+                plot_reconstructions(
+                    method, examples.to(trainer.device), output / "reconstructions.png", title
+                )
             bundle = export_bundle(output, output / "bundle")
             run.finish(**last, steps=trainer.step, bundle=str(bundle))
         return last
     finally:
         cleanup_distributed()
+
+
+def held_out_views(config: PretrainConfig, method: PretrainMethod, count: int = 8) -> torch.Tensor:
+    """``count`` pictures of the corpus's validation split (training split if it has none), taking the
+    modalities in turn, as the method's views with fixed seeds: the examples of the figures."""
+    try:
+        images = CorpusImages(config.data.corpus, method.views(), split="val")
+    except DataError:
+        images = CorpusImages(config.data.corpus, method.views(), split=config.data.split)
+    order = np.random.default_rng(0).permutation(len(images))
+    modalities = images.modality[order]
+    picked = [order[modalities == m][:count] for m in sorted(set(modalities))]
+    interleaved = [int(i) for group in itertools.zip_longest(*picked) for i in group if i is not None]
+    return torch.stack([images[(i, i)]["image"] for i in interleaved[:count]])
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str]) -> PretrainConfig:
