@@ -31,3 +31,17 @@ def test_fingerprint_changes_with_content(tmp_path):
     before = fingerprint_path(tmp_path)["blake2b"]
     (tmp_path / "a").write_text("2")
     assert fingerprint_path(tmp_path)["blake2b"] != before
+
+
+def test_a_resumed_run_keeps_earlier_segments_and_metrics_up_to_its_step(tmp_path):
+    first = Run.create(tmp_path, Tiny())
+    for step in (1, 2, 3):
+        first.log(step=step, loss=float(step))
+    first.finish(loss=3.0)
+    second = Run.create(tmp_path, Tiny(), resume_step=2)
+    second.finish()
+    third = Run.create(tmp_path, Tiny(), resume_step=2)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert third.provenance["resumed_from_step"] == 2
+    segments = third.provenance["earlier_segments"]
+    assert len(segments) == 2 and segments[0]["summary"] == {"loss": 3.0}

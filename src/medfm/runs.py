@@ -118,8 +118,14 @@ class Run:
             "packages": package_versions(),
             "seeds": seeds or {},
             "data": {name: fingerprint_path(p) for name, p in (data or {}).items()},
-            **({"resumed_from_step": resume_step} if resume_step is not None else {}),
         }
+        if resume_step is not None:
+            run.provenance["resumed_from_step"] = resume_step
+            earlier = path / "provenance.json"
+            if earlier.is_file():  # keep the record of every earlier segment of the run
+                previous = json.loads(earlier.read_text())
+                segments = previous.pop("earlier_segments", [])
+                run.provenance["earlier_segments"] = [*segments, previous]
         run._write_provenance()
         return run
 

@@ -120,3 +120,11 @@ def test_resume_refuses_another_batch_size(tmp_path):
 def test_bad_settings_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="precision"):
         make_trainer(tmp_path, precision="fp8")
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_keeps_fp32_weights(tmp_path):
+    trainer = make_trainer(tmp_path, precision="bf16", steps=3, lr=0.5)
+    assert trainer.dtype == torch.bfloat16
+    last = trainer.fit()
+    assert torch.isfinite(torch.tensor(last["loss"]))
+    assert trainer.model.linear.weight.dtype == torch.float32

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from medfm.config import config_to_dict, load_config
+from medfm.data.shards import CATALOG
 from medfm.engine.checkpoint import STATE, latest_checkpoint, load_tensors
 from medfm.errors import MedfmError
 from medfm.models.bundle import save_bundle
@@ -56,7 +59,7 @@ def export_bundle(
         "images_seen": step * config.train.batch_size * config.train.accum_steps * _world_size(ckpt),
         "final_metrics": metrics[-1] if metrics else {},
         "pretrain_config": config_to_dict(config),
-        "data": _corpus_summary(config.data.corpus),
+        "data": _corpus_summary(config),
     }
     out = Path(out) if out else run_dir / "bundle"
     return save_bundle(out, state, bundle_config, model_card(bundle_config, metrics))
@@ -66,16 +69,26 @@ def _world_size(ckpt: Path) -> int:
     return json.loads((ckpt / STATE).read_text()).get("world_size", 1)
 
 
-def _corpus_summary(corpus: str) -> dict[str, Any]:
-    root = Path(corpus)
+def _corpus_summary(config: PretrainConfig) -> dict[str, Any]:
+    root = Path(config.data.corpus)
     summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}
     sources = json.loads((root / "sources.json").read_text()) if (root / "sources.json").is_file() else []
+    used: dict[str, int] = {}
+    if (root / CATALOG).is_file():  # what the pretraining split held, by modality (before `fraction`)
+        rows = pd.read_parquet(root / CATALOG, columns=["split", "source", "modality"])
+        rows = rows[rows["split"] == config.data.split]
+        if config.data.modalities:
+            rows = rows[rows["modality"].isin(config.data.modalities)]
+        if config.data.sources:
+            rows = rows[rows["source"].isin(config.data.sources)]
+        used = {str(k): int(v) for k, v in rows.groupby("modality").size().items()}
     return {
         "corpus": root.name,
         "images": summary.get("images"),
         "images_per_split": summary.get("images_per_split"),
         "subjects": summary.get("subjects"),
         "image_size": summary.get("image_size"),
+        "pretraining_images_by_modality": used,
         "sources": [{k: s.get(k) for k in ("source", "modality", "anatomy", "license")} for s in sources],
     }
 
@@ -115,6 +128,10 @@ def model_card(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         + (f", {pre['data']['fraction']:.0%} of it" if pre["data"]["fraction"] < 1 else "")
         + ".",
         "",
+        "| modality | pictures in the pretraining split |",
+        "|---|---|",
+        *(f"| {m} | {n:,} |" for m, n in data["pretraining_images_by_modality"].items()),
+        "",
         "| source | modality | anatomy | license |",
         "|---|---|---|---|",
         *(f"| {s['source']} | {s['modality']} | {s['anatomy']} | {s['license']} |" for s in data["sources"]),
@@ -123,7 +140,7 @@ def model_card(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        *(f"| {k} | {v:.4g} |" for k, v in final.items() if isinstance(v, float)),
+        *(f"| {k} | {v:.4g} |" for k, v in final.items() if isinstance(v, float) and k != "time"),
         "",
         f"Logged points: {len(metrics)}. The run folder holds `metrics.jsonl` and `loss.png`.",
         "",
