@@ -24,6 +24,7 @@ TRACKED_PACKAGES = (
     "torch",
     "torchvision",
     "timm",
+    "safetensors",
     "pillow",
     "pydicom",
     "nibabel",
