@@ -136,13 +136,8 @@ class Trainer:
         dist_info: Dist | None = None,
     ):
         config.check()
-        self.config, self.dataset, self.hooks, self.run, self.collate = (
-            config,
-            dataset,
-            list(hooks),
-            run,
-            collate,
-        )
+        self.config, self.dataset, self.hooks = config, dataset, list(hooks)
+        self.run, self.collate = run, collate
         self.dist = dist_info or setup_distributed(config.device)
         self.output = Path(output)
         self.checkpoints = self.output / "checkpoints"
