@@ -99,8 +99,8 @@ class ReferenceMAE(nn.Module):
 
 def build_medfm(args, device):
     from medfm.engine.trainer import TrainConfig, Trainer
+    from medfm.pretrain.build import build_method
     from medfm.pretrain.config import PretrainConfig
-    from medfm.pretrain.job import build_method
 
     config = PretrainConfig(encoder=args.model, in_chans=args.in_chans, image_size=args.image_size)
     config.method = args.method

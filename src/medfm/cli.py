@@ -138,8 +138,8 @@ def export(
 def models(pattern: Annotated[str, typer.Argument(help="wildcard, e.g. 'vit_small*'")] = "*") -> None:
     """List the registered encoders and pretraining methods."""
     from medfm.models.encoders import ENCODERS
-    from medfm.pretrain import dino, mae  # noqa: F401  (register the methods)
     from medfm.pretrain.base import METHODS
+    from medfm.pretrain.config import PretrainConfig  # noqa: F401  (its import registers the methods)
 
     table = Table("encoder", "class", "embed dim", "depth", "heads", "patch", "default size")
     for name in ENCODERS.list(pattern):

@@ -13,7 +13,6 @@ RECIPES = sorted((Path(__file__).parents[2] / "configs" / "pretrain").glob("*.ya
 def test_every_recipe_loads_and_names_a_known_encoder_and_method(path):
     from medfm.models.encoders import ENCODERS
     from medfm.pretrain.base import METHODS
-    from medfm.pretrain.job import build_method  # noqa: F401  (registers the methods)
 
     config = load_config(PretrainConfig, path)
     assert config.encoder in ENCODERS and config.method in METHODS

@@ -1,4 +1,7 @@
-"""``medfm pretrain`` settings: encoder, method, data, views and the training engine, in one YAML."""
+"""``medfm pretrain`` settings: encoder, method, data, views and the training engine, in one YAML.
+
+Importing this module imports every method module, which registers the methods in ``METHODS``.
+"""
 
 from __future__ import annotations
 

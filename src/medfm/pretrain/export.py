@@ -30,8 +30,6 @@ def export_bundle(
     ``checkpoint`` defaults to the run's latest; ``weights`` is ``ema`` (the EMA copy), ``raw`` (the trained
     weights) or ``auto`` (EMA when the run kept one).
     """
-    from medfm.pretrain import dino, mae  # noqa: F401  (register the methods)
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MedfmError(f"{run_dir} is not a pretraining run folder (no config.yaml)")

@@ -17,30 +17,16 @@ import torch
 from medfm.config import load_config
 from medfm.engine.checkpoint import STATE, latest_checkpoint
 from medfm.engine.distributed import cleanup_distributed, setup_distributed
-from medfm.engine.trainer import Trainer, seed_everything
-from medfm.errors import ConfigError, DataError
+from medfm.engine.trainer import Trainer
+from medfm.errors import DataError
 from medfm.log import get_logger
-from medfm.models.encoders import create_encoder
-from medfm.pretrain.base import METHODS, PretrainMethod
+from medfm.pretrain.base import PretrainMethod
+from medfm.pretrain.build import build_method
 from medfm.pretrain.config import PretrainConfig
 from medfm.pretrain.data import CorpusImages
 from medfm.runs import Run, read_metrics
 
 log = get_logger("pretrain")
-
-
-def build_method(config: PretrainConfig) -> PretrainMethod:
-    """The encoder and the method around it, from a pretraining config (weights seeded by ``train.seed``)."""
-    # Import the method modules so they register themselves.
-    from medfm.pretrain import dino, mae  # noqa: F401
-
-    try:
-        method_cls = METHODS.get(config.method)
-    except KeyError as err:
-        raise ConfigError(str(err.args[0])) from None
-    seed_everything(config.train.seed)
-    encoder = create_encoder(config.encoder, in_chans=config.in_chans, img_size=config.image_size)
-    return method_cls(encoder, getattr(config, config.method), config.image_size, views=config.views)
 
 
 def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
