@@ -262,21 +262,23 @@ class Trainer:
     def batches(self) -> Iterator[Any]:
         """Batches without end, from the current data position; keeps ``epoch``/``batch_in_epoch`` current."""
         config = self.config
+        loader = DataLoader(
+            self.dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.workers,
+            collate_fn=self.collate,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            # Its own generator, so starting a loader never draws from the global one (resumed runs
+            # start loaders at other moments than uninterrupted ones).
+            generator=torch.Generator().manual_seed(config.seed),
+            # Workers outlive an epoch: small data sets would otherwise restart them every few steps. The
+            # sampler runs in this process, so each epoch still starts from the position set here.
+            persistent_workers=config.workers > 0,
+        )
         while True:
             self.sampler.set_position(self.epoch, self.batch_in_epoch)
-            loader = DataLoader(
-                self.dataset,
-                batch_size=config.batch_size,
-                sampler=self.sampler,
-                num_workers=config.workers,
-                collate_fn=self.collate,
-                drop_last=True,
-                pin_memory=self.device.type == "cuda",
-                # Its own generator, so starting a loader never draws from the global one (resumed runs
-                # start loaders at other moments than uninterrupted ones).
-                generator=torch.Generator().manual_seed(config.seed),
-                persistent_workers=False,
-            )
             for batch in loader:
                 self.batch_in_epoch += 1
                 yield to_device(batch, self.device)
