@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -112,6 +113,8 @@ def pretrain(
 
     settings = load_pretrain_config(config, overrides or [])
     last = run_pretrain(settings)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return
     console.print(
         f"[bold green]pretraining done:[/] loss {last.get('loss', float('nan')):.4f}; "
         f"run, checkpoints and bundle in {settings.output}"

@@ -30,9 +30,14 @@ def main(out: Path) -> None:
     seen = SeenIndices()
     config = TrainConfig(steps=6, batch_size=4, lr=0.05, warmup_steps=0, workers=0, checkpoint_every=3)
     trainer = Trainer(ToyModel(), ToyData(64), config, out, hooks=[seen])
-    trainer.fit()
+    last = trainer.fit()
     weight = trainer.model.linear.weight.detach().flatten().tolist()
-    record = {"indices": seen.indices, "weight": weight, "world_size": trainer.dist.world_size}
+    record = {
+        "indices": seen.indices,
+        "weight": weight,
+        "world_size": trainer.dist.world_size,
+        "logged_loss": last["loss"],
+    }
     (out / f"rank{trainer.dist.rank}.json").write_text(json.dumps(record))
 
 

@@ -28,6 +28,8 @@ def test_two_ranks_see_different_samples_and_agree_on_weights(tmp_path):
     assert len(ranks[0]["indices"]) == len(first) == 24  # 6 steps x 4, no repeats within an epoch
     assert not first & second
     assert ranks[0]["weight"] == pytest.approx(ranks[1]["weight"], abs=1e-6)
+    # Logged metrics are means over ranks, so every rank reports the same loss.
+    assert ranks[0]["logged_loss"] == pytest.approx(ranks[1]["logged_loss"], rel=1e-6)
     checkpoint = tmp_path / "checkpoints" / "step-0000006"
     assert {"rng-rank0.safetensors", "rng-rank1.safetensors", "model.safetensors"} <= {
         p.name for p in checkpoint.iterdir()

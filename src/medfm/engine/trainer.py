@@ -37,7 +37,7 @@ from medfm.engine.checkpoint import (
     write_rank_rng,
 )
 from medfm.engine.data import ResumableSampler
-from medfm.engine.distributed import Dist, setup_distributed
+from medfm.engine.distributed import Dist, all_reduce_mean, setup_distributed
 from medfm.engine.hooks import Hook, restore_hook_states, split_hook_states
 from medfm.engine.schedules import cosine_schedule
 from medfm.errors import ConfigError, MedfmError
@@ -382,8 +382,11 @@ class Trainer:
 
     def _log_window(self, window: dict[str, torch.Tensor], steps: int, seconds: float) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": self.epoch}
-        for key, value in window.items():
-            record[key] = float(value) / steps
+        keys = sorted(window)  # the same order on every rank
+        # One all-reduce per log line: each rank saw its own samples, the record is their mean.
+        means = all_reduce_mean(torch.stack([window[k].float().reshape(()) for k in keys]).to(self.device))
+        for key, value in zip(keys, means.tolist()):
+            record[key] = value / steps
         if not math.isfinite(record["loss"]):
             raise MedfmError(
                 f"the loss became {record['loss']} before step {self.step}; lower lr or turn on clip_grad "
