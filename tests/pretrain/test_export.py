@@ -7,6 +7,7 @@ from medfm.models.bundle import load_bundle
 from medfm.pretrain.config import PretrainConfig
 from medfm.pretrain.export import export_bundle
 from medfm.pretrain.job import run_pretrain
+from medfm.runs import read_metrics
 
 
 def tiny_run(corpus, out, *extra):
@@ -58,3 +59,11 @@ def test_export_errors_are_clear(tiny_corpus, tmp_path):
         export_bundle(run, tmp_path / "out", weights="ema")
     with pytest.raises(MedfmError, match="auto, ema or raw"):
         export_bundle(run, tmp_path / "out", weights="best")
+
+
+def test_resume_false_starts_over_without_stale_checkpoints(tiny_corpus, tmp_path):
+    run = tiny_run(tiny_corpus, tmp_path / "run", "train.steps=4", "train.checkpoint_every=2")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    tiny_run(tiny_corpus, run, "resume=false")  # 3 steps from scratch
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000003"]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]

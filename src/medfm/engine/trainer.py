@@ -119,8 +119,9 @@ def to_device(batch: Any, device: torch.device) -> Any:
 class Trainer:
     """Train ``model`` on ``dataset`` (map-style, indexed by ``(index, seed)`` pairs) into ``output``.
 
-    ``run`` (rank 0 only) receives the JSONL metrics; ``batch_images`` says how many images one batch holds
-    (for images/s; default: the batch size); ``collate`` builds a batch from samples.
+    ``run`` (rank 0 only) receives the JSONL metrics; ``collate`` builds a batch from samples (default:
+    torch's); ``dist_info`` is the process group already joined (default: join the one torchrun describes).
+    Images per second count ``batch_size`` images per micro-batch and rank.
     """
 
     def __init__(

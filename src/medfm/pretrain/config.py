@@ -31,7 +31,7 @@ class PretrainConfig:
     in_chans: int = 1
     image_size: int = 64  # training crop size (DINO: global crops)
     method: str = "mae"  # mae | dino
-    resume: bool = True  # continue from the latest checkpoint under output/checkpoints, if any
+    resume: bool = True  # continue from the latest checkpoint under output/checkpoints; false starts over
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     views: ViewConfig = field(default_factory=ViewConfig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,10 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         )
         output = Path(config.output)
         checkpoint = latest_checkpoint(output / "checkpoints") if config.resume else None
+        if not config.resume and dist.is_main and (output / "checkpoints").is_dir():
+            # Starting over: older checkpoints would otherwise be taken for this run's on a later resume.
+            log.warning("resume=false: removing the earlier checkpoints in %s", output / "checkpoints")
+            shutil.rmtree(output / "checkpoints")
         resume_step = json.loads((checkpoint / STATE).read_text())["step"] if checkpoint else None
         run = None
         if dist.is_main:
