@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medfm.registry import Registry
-
 if TYPE_CHECKING:
     from medfm.engine.trainer import Trainer
 
@@ -46,9 +44,6 @@ class Hook:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-HOOKS: Registry[type[Hook]] = Registry("training hook")
 
 
 def split_hook_states(hooks: list[Hook]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
