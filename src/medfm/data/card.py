@@ -12,8 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medfm.data.shards import CATALOG, read_picture
-from medfm.errors import DataError
+from medfm.data.shards import catalog_path, read_picture
 
 GRID_SIDE = 4  # sample grids are GRID_SIDE x GRID_SIDE pictures per modality
 
@@ -21,11 +20,10 @@ GRID_SIDE = 4  # sample grids are GRID_SIDE x GRID_SIDE pictures per modality
 def write_card(corpus: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
     """Write ``DATA_CARD.md`` and its figures into ``out`` (default ``<corpus>/card``); return its path."""
     corpus = Path(corpus)
-    if not (corpus / CATALOG).is_file():
-        raise DataError(f"{corpus} is not a built corpus (no {CATALOG}); run `medfm data build` first")
+    catalog_file = catalog_path(corpus)
     out = Path(out) if out else corpus / "card"
     out.mkdir(parents=True, exist_ok=True)
-    catalog = pd.read_parquet(corpus / CATALOG)
+    catalog = pd.read_parquet(catalog_file)
     summary = _read_json(corpus / "summary.json", {})
     sources = _read_json(corpus / "sources.json", [])
 

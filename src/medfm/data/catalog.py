@@ -7,15 +7,13 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from medfm.data.shards import CATALOG
+from medfm.data.shards import catalog_path
 from medfm.errors import DataError
 
 
 def query_catalog(corpus: str | Path, sql: str) -> pd.DataFrame:
     """Run ``sql`` against a view named ``catalog`` over ``<corpus>/catalog.parquet``."""
-    path = Path(corpus) / CATALOG
-    if not path.is_file():
-        raise DataError(f"{corpus} is not a built corpus (no {CATALOG})")
+    path = catalog_path(corpus)
     with duckdb.connect() as connection:
         connection.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet('{_quoted(path)}')")
         try:

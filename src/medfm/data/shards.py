@@ -73,6 +73,14 @@ class ShardSetWriter:
             tar.close()
 
 
+def catalog_path(corpus: str | Path) -> Path:
+    """``<corpus>/catalog.parquet``; a :class:`DataError` when the folder is not a built corpus."""
+    path = Path(corpus) / CATALOG
+    if not path.is_file():
+        raise DataError(f"{corpus} is not a built corpus (no {CATALOG}); run `medfm data build` first")
+    return path
+
+
 def read_picture(corpus: str | Path, shard: str, offset: int, size: int) -> np.ndarray:
     """One stored picture, ``[C, H, W]`` uint8, read by its catalog ``shard``/``png_offset``/``png_size``."""
     with open(Path(corpus) / shard, "rb") as handle:
@@ -111,9 +119,7 @@ class StreamingCorpus(IterableDataset):
     ):
         super().__init__()
         self.root = Path(corpus)
-        if not (self.root / CATALOG).is_file():
-            raise DataError(f"{self.root} is not a built corpus (no {CATALOG}); run `medfm data build` first")
-        catalog = pd.read_parquet(self.root / CATALOG, columns=["split", "shard"])
+        catalog = pd.read_parquet(catalog_path(self.root), columns=["split", "shard"])
         counts = catalog[catalog["split"] == split].groupby("shard").size()
         if counts.empty:
             splits = sorted(catalog["split"].unique())

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medfm.errors import MedfmError
+from medfm.tensor_files import storable
 
 STATE = "state.json"
 
@@ -42,8 +43,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    # safetensors refuses tensors sharing storage (tied weights, views): give each its own copy.
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+    save_file(storable(tensors), str(path))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 
 from medfm.errors import MedfmError
+from medfm.tensor_files import storable
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -212,24 +213,6 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
-def _storable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous tensors with no two sharing storage (safetensors refuses shared tensors)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise MedfmError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        tensor = value.detach().to("cpu").contiguous()
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() in seen or storage.nbytes() != tensor.nbytes:
-            tensor = tensor.clone()
-            storage = tensor.untyped_storage()
-        if tensor.numel():
-            seen.add(storage.data_ptr())
-        out[str(key)] = tensor
-    return out
-
-
 def default_card(config: Mapping[str, Any]) -> str:
     """A short model card made from the bundle config."""
     encoder = config["encoder"]
@@ -295,7 +278,7 @@ def save_bundle(
     if not isinstance(encoder, dict) or not encoder.get("name"):
         raise MedfmError("bundle config needs encoder.name (the registered encoder the weights belong to)")
     config.setdefault("method", None)
-    tensors = _storable(state_dict)
+    tensors = storable(state_dict)
     config.setdefault("encoder_prefix", _guess_prefix(tensors))
     prefix = config["encoder_prefix"]
     if prefix and not any(k.startswith(prefix) for k in tensors):

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from medfm.data.shards import CATALOG, decode_png
+from medfm.data.shards import catalog_path, decode_png
 from medfm.engine.data import sample_generator
 from medfm.errors import DataError
 from medfm.pretrain.base import View
@@ -40,10 +40,8 @@ class CorpusImages(Dataset):
         seed: int = 0,
     ):
         self.root = Path(corpus)
-        if not (self.root / CATALOG).is_file():
-            raise DataError(f"{self.root} is not a built corpus (no {CATALOG}); run `medfm data build` first")
         columns = ["split", "source", "modality", "shard", "png_offset", "png_size"]
-        table = pd.read_parquet(self.root / CATALOG, columns=columns)
+        table = pd.read_parquet(catalog_path(self.root), columns=columns)
         rows = table[table["split"] == split]
         for column, wanted in (("modality", modalities), ("source", sources)):
             if wanted:

@@ -44,7 +44,8 @@ def export_bundle(
         raise MedfmError(f"{ckpt} has no EMA weights (the run had train.ema_decay=0)")
     use_ema = has_ema and weights != "raw"
     state = load_tensors(ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
-    step = json.loads((ckpt / STATE).read_text())["step"]
+    saved = json.loads((ckpt / STATE).read_text())
+    step = saved["step"]
     method = METHODS.get(config.method)
     metrics = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", 0) <= step and "loss" in r]
     bundle_config = {
@@ -54,17 +55,13 @@ def export_bundle(
         "normalisation": {"mean": config.views.mean, "std": config.views.std},
         "weights": "ema" if use_ema else "raw",
         "steps": step,
-        "images_seen": step * config.train.batch_size * config.train.accum_steps * _world_size(ckpt),
+        "images_seen": step * config.train.batch_size * config.train.accum_steps * saved["world_size"],
         "final_metrics": metrics[-1] if metrics else {},
         "pretrain_config": config_to_dict(config),
         "data": _corpus_summary(config),
     }
     out = Path(out) if out else run_dir / "bundle"
     return save_bundle(out, state, bundle_config, model_card(bundle_config, metrics))
-
-
-def _world_size(ckpt: Path) -> int:
-    return json.loads((ckpt / STATE).read_text()).get("world_size", 1)
 
 
 def _corpus_summary(config: PretrainConfig) -> dict[str, Any]:
