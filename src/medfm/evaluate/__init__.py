@@ -1,0 +1,1 @@
+"""Downstream evaluation: tasks, protocols, metrics with confidence intervals, reports."""
