@@ -1,0 +1,5 @@
+"""Classical baselines by name; importing this package registers them all in ``CLASSICAL``."""
+
+from medfm.evaluate.classical.base import CLASSICAL, Classical, fit_predict
+
+__all__ = ["CLASSICAL", "Classical", "fit_predict"]
