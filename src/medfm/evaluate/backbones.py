@@ -73,14 +73,20 @@ class ImageBackbone(Backbone):
         blocks = getattr(encoder, "blocks", None)
         self.num_layers = len(blocks) + 1 if blocks is not None else 0
 
-    def preprocess(self, image: Any) -> torch.Tensor:
-        x = match_channels(image_tensor(image), self.in_chans)
+    def preprocess(self, images: list[Any]) -> torch.Tensor:
+        """``[B, in_chans, size, size]`` from images ``[C, H, W]``; same-shaped images resize as one batch."""
+        tensors = [image_tensor(image) for image in images]
+        if len({t.shape for t in tensors}) == 1:
+            return self._resize(match_channels(torch.stack(tensors), self.in_chans))
+        return torch.cat([self._resize(match_channels(t, self.in_chans)[None]) for t in tensors])
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x[None], size=(self.image_size,) * 2, mode="bilinear", antialias=True)[0]
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
         return (x - self.mean) / self.std
 
     def collate(self, inputs, index):
-        return {"image": torch.stack([self.preprocess(inputs["image"][i]) for i in index])}
+        return {"image": self.preprocess([inputs["image"][i] for i in index])}
 
     def forward(self, batch):
         return self.encoder(batch["image"])
@@ -114,7 +120,7 @@ class SliceBackbone(ImageBackbone):
             volume = torch.as_tensor(np.asarray(inputs["volume"][i]), dtype=torch.float32)
             depth = volume.shape[1]
             picks = np.linspace(0.2 * (depth - 1), 0.8 * (depth - 1), self.slices).round().astype(int)
-            stacks.append(torch.stack([self.preprocess(volume[:, d]) for d in picks]))
+            stacks.append(self.preprocess([volume[:, d] for d in picks]))
         return {"slices": torch.stack(stacks)}  # [B, S, C, H, W]
 
     def forward(self, batch):

@@ -78,7 +78,7 @@ def list_encoders(pattern: str = "*") -> list[str]:
     return ENCODERS.list(pattern)
 
 
-def _bundle_path(name: str | Path) -> Path | None:
+def bundle_path(name: str | Path) -> Path | None:
     """The path ``name`` stands for when it is not a registered encoder name but a file or folder."""
     if isinstance(name, str):
         if name in ENCODERS:
@@ -106,7 +106,7 @@ def create_encoder(
     A path to a bundle folder (one holding ``model.safetensors``) or to a ``.safetensors`` file loads
     the bundle's encoder with its weights, as :func:`medfm.models.bundle.load_encoder` does.
     """
-    path = _bundle_path(name)
+    path = bundle_path(name)
     if path is not None:
         if not path.exists():
             raise ConfigError(f"{path} is neither a registered encoder nor an existing bundle path")

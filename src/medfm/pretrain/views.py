@@ -117,12 +117,13 @@ def _in_range(config: ViewConfig, key: str, low: float, high: float, include_hig
 
 
 def match_channels(image: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """``image`` ``[C, H, W]`` with ``in_chans`` channels: 1 -> 3 repeats, 3 -> 1 takes BT.601 luminance."""
+    """``image`` ``[..., C, H, W]`` with ``in_chans`` channels: 1 -> 3 repeats, 3 -> 1 takes BT.601
+    luminance."""
     channels = image.shape[-3]
     if channels == in_chans:
         return image
     if channels == 1 and in_chans == 3:
-        return image.expand(3, *image.shape[-2:])
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:])
     if channels == 3 and in_chans == 1:
         weights = image.new_tensor(LUMINANCE).view(3, 1, 1)
         return (image * weights).sum(dim=-3, keepdim=True)

@@ -179,7 +179,9 @@ class Task(ABC):
             raise DataError(f"task {self.name}: no examples found under {self.root}")
         if self.info.dedupe:
             examples = drop_identical(examples, self.name)
-        split = np.array([self.split_of(e) for e in examples])
+        official = self.info.split == "official"
+        has_val = official and any(official_split(e, self.info.source) == "val" for e in examples)
+        split = np.array([self.split_of(e, has_val) for e in examples])
         classes = self.label_space(examples, split)
         data = TaskData(
             name=self.name,
@@ -203,9 +205,11 @@ class Task(ABC):
         )
         return data
 
-    def split_of(self, example: Example) -> str:
+    def split_of(self, example: Example, official_val: bool = False) -> str:
+        """The example's split; ``official_val`` says the dataset has its own validation split (else one
+        is carved from its training split)."""
         if self.info.split == "official":
-            return official_split(example, self.info.source)
+            return official_split(example, self.info.source, carve_val=not official_val)
         fractions = dict(self.info.fractions)
         check_fractions(fractions)
         return assign_split(f"{self.info.source}/{example.subject}", fractions)
@@ -221,7 +225,7 @@ def default_root(folder: str, task: str) -> Path:
     return Path(data_root) / folder
 
 
-def official_split(example: Example, source: str) -> str:
+def official_split(example: Example, source: str, carve_val: bool = False) -> str:
     """The dataset's own split; a validation part is carved from its training split by subject when the
     dataset has none (10 %, keyed hash, so it never holds a subject of the remaining training part)."""
     name = (example.official_split or "").lower()
@@ -230,7 +234,9 @@ def official_split(example: Example, source: str) -> str:
     if name in ("val", "valid", "validation"):
         return "val"
     if name in ("train", "training"):
-        return assign_split(f"{source}/{example.subject}", {"train": 0.9, "val": 0.1})
+        return (
+            assign_split(f"{source}/{example.subject}", {"train": 0.9, "val": 0.1}) if carve_val else "train"
+        )
     raise DataError(f"sample {example.sample_id!r} has no official split (got {example.official_split!r})")
 
 

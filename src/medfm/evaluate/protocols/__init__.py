@@ -1,0 +1,1 @@
+"""Evaluation protocols: linear probe, kNN, fine-tune with layer-wise learning-rate decay, few-shot."""

@@ -1,0 +1,380 @@
+"""``medfm eval`` and ``medfm bench``: tasks x models x protocols, scored with intervals, one report.
+
+For every task the encoder under evaluation runs beside its baselines on the same test examples:
+the same architecture randomly initialised (frozen protocols), a supervised model trained from scratch
+(ResNet-18 for 2D images; the task's registered encoder for signals and ICU series), and the task's
+customary classical model. Paired bootstraps compare the encoder with each baseline.
+
+Output folder: ``config.yaml``, ``metrics.jsonl`` (one line per model and protocol, with its time),
+``provenance.json``, ``predictions/`` (``.npz``), ``results.csv``, ``results.md``, ``comparisons.csv``,
+``report.html`` and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medfm.engine.distributed import pick_device
+from medfm.errors import ConfigError
+from medfm.evaluate.backbones import Backbone, ImageBackbone, resnet18
+from medfm.evaluate.bootstrap import paired_bootstrap
+from medfm.evaluate.classical import CLASSICAL, fit_predict
+from medfm.evaluate.encoders import EncoderSource, build_backbone, resolve_encoder
+from medfm.evaluate.features import extract_features
+from medfm.evaluate.predictions import RESULT_COLUMNS, Predictions
+from medfm.evaluate.protocols.fewshot import FewShotConfig, few_shot
+from medfm.evaluate.protocols.finetune import FinetuneConfig, finetune
+from medfm.evaluate.protocols.knn import KnnConfig, knn_predict
+from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, linear_probe
+from medfm.evaluate.report import write_report
+from medfm.evaluate.scoring import score, score_draws
+from medfm.evaluate.tasks import TASKS, TaskData
+from medfm.evaluate.tasks.base import PROTOCOLS, check_splits
+from medfm.log import get_logger
+from medfm.runs import Run
+
+log = get_logger("evaluate")
+
+FROZEN = ("linear_probe", "knn", "fewshot")
+BASELINES = ("random_init", "scratch", "classical")
+DEFAULT_TASKS = [
+    "pneumonia_xray",
+    "pneumonia_xray_official",
+    "pneumoniamnist",
+    "hippocampus_volume",
+    "idrid_lesions",
+    "cinc2017_rhythm",
+    "physionet2012_mortality",
+    "physionet2019_sepsis",
+    "vqa_rad_closed",
+]
+
+
+@dataclass
+class EvalConfig:
+    output: str = "runs/eval"
+    encoder: str = ""  # a bundle folder, or a registered encoder name (random weights)
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. image_folder: {root: ...}
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    image_size: int = 0  # 0: the size the encoder was pretrained at
+    batch_size: int = 128  # feature extraction
+    limit: int = 0  # keep a random subset of about this many examples per task (0: all); for smoke runs
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    scratch: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-3, layer_decay=1.0))
+
+    def check(self) -> EvalConfig:
+        for name, values, known in (
+            ("protocols", self.protocols, PROTOCOLS),
+            ("baselines", self.baselines, BASELINES),
+        ):
+            unknown = sorted(set(values) - set(known))
+            if unknown:
+                raise ConfigError(f"unknown {name} {unknown}; known: {list(known)}")
+        for task in self.tasks:
+            try:
+                TASKS.get(task)
+            except KeyError as err:
+                raise ConfigError(str(err.args[0])) from None
+        if not self.tasks:
+            raise ConfigError("no tasks to evaluate")
+        return self
+
+
+@dataclass
+class Model:
+    """One model of a task's comparison: how to build its backbone and which protocols it runs."""
+
+    label: str
+    make: Callable[[], Backbone]
+    protocols: tuple[str, ...]
+
+
+def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig) -> list[Model]:
+    """The encoder and the neural baselines that apply to this task, with their protocols."""
+    wanted = [p for p in config.protocols if p in data.info.protocols]
+    models = []
+    if data.info.kind in ("signal", "series"):
+        # no image encoder reads these: their registered encoder, random (frozen) and trained from scratch
+        from medfm.evaluate.timeseries_backbones import timeseries_backbone
+
+        name = data.info.encoder
+        make = lambda: timeseries_backbone(name, data)  # noqa: E731
+        frozen = tuple(p for p in wanted if p in FROZEN)
+        if "random_init" in config.baselines and frozen:
+            models.append(Model(f"{name} (random init)", make, frozen))
+        if "scratch" in config.baselines and "finetune" in wanted:
+            models.append(Model(f"{name} (scratch)", make, ("finetune",)))
+        return models
+    if source is None:
+        raise ConfigError(f"task {data.name} needs an image encoder: pass a bundle or an encoder name")
+    size = config.image_size
+
+    def encoder(pretrained: bool) -> Callable[[], Backbone]:
+        def make() -> Backbone:
+            torch.manual_seed(config.seed)  # the same random weights for every task (features are cached)
+            return build_backbone(source, data, pretrained=pretrained, image_size=size)
+
+        return make
+
+    encoder(True)()  # fail now, with a clear message, when the encoder cannot read this task
+    models.append(Model(source.label, encoder(source.path is not None), tuple(wanted)))
+    frozen = tuple(p for p in wanted if p in FROZEN)
+    if "random_init" in config.baselines and source.path is not None and frozen:
+        models.append(Model(source.random_label, encoder(False), frozen))
+    if "scratch" in config.baselines and "finetune" in wanted and data.info.kind == "image":
+        side = size or (source.img_size if isinstance(source.img_size, int) else 224)
+        make = lambda: ImageBackbone(resnet18(source.in_chans), side, source.mean, source.std)  # noqa: E731
+        models.append(Model("resnet18 (scratch)", make, ("finetune",)))
+    return models
+
+
+def predictions_for(test: TaskData, model: str, protocol: str, prob: np.ndarray, setting: str = ""):
+    return Predictions(
+        task=test.name,
+        model=model,
+        protocol=protocol,
+        classes=test.classes,
+        multilabel=test.info.multilabel,
+        y=test.y,
+        prob=np.asarray(prob, dtype=np.float64),
+        subjects=test.subjects,
+        sample_ids=test.sample_ids,
+        setting=setting,
+        groups=test.groups,
+        flags=test.flags,
+    )
+
+
+def frozen_features(backbone: Backbone, parts: dict[str, TaskData], config, device, label, cache) -> dict:
+    features = {
+        name: extract_features(
+            backbone,
+            part.inputs,
+            batch_size=config.batch_size,
+            device=device,
+            description=f"{label} {name}",
+            cache=cache,
+        )
+        for name, part in parts.items()
+    }
+    if parts["train"].info.kind == "vqa":  # the question is half of the input: TF-IDF beside the image
+        from medfm.evaluate.classical.text import QuestionFeatures
+
+        questions = QuestionFeatures().fit(parts["train"].inputs["question"])
+        features = {
+            name: np.hstack([x, questions.transform(parts[name].inputs["question"])])
+            for name, x in features.items()
+        }
+    return features
+
+
+class Evaluation:
+    """Runs the plan of one config and collects predictions, timings and fit details."""
+
+    def __init__(self, config: EvalConfig, run: Run, out: Path):
+        self.config = config
+        self.run = run
+        self.out = out
+        self.device = pick_device(config.device)
+        self.predictions: list[Predictions] = []
+        self.draws: dict[tuple[str, str, str], list[Predictions]] = defaultdict(list)
+        self.caches: dict[tuple[str, str], dict[bytes, np.ndarray]] = defaultdict(dict)
+        self.source = resolve_encoder(config.encoder) if config.encoder else None
+
+    def record(self, pred: Predictions, seconds: float, **details: Any) -> None:
+        folder = self.out / "predictions" / pred.task
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "-".join(p for p in (pred.model, pred.protocol, pred.setting) if p)
+        draw = details.get("draw")
+        name += f"-draw{draw}" if draw is not None else ""
+        pred.save(folder / (safe_name(name) + ".npz"))
+        if pred.protocol == "fewshot":
+            self.draws[(pred.task, pred.model, pred.setting)].append(pred)
+        else:
+            self.predictions.append(pred)
+        self.run.log(
+            task=pred.task,
+            model=pred.model,
+            protocol=pred.protocol,
+            setting=pred.setting,
+            seconds=round(seconds, 2),
+            **details,
+        )
+
+    def task(self, name: str) -> None:
+        data = TASKS.get(name)(**self.config.task_options.get(name, {})).load()
+        if self.config.limit and len(data) > self.config.limit:
+            data = subsample(data, self.config.limit, self.config.seed)
+        parts = {s: data.part(s) for s in ("train", "val", "test")}
+        train, val, test = parts["train"], parts["val"], parts["test"]
+        outputs, multilabel = data.num_outputs, data.info.multilabel
+        for model in plan_models(data, self.source, self.config):
+            backbone = model.make()
+            backbone.fit(train.inputs)
+            frozen = [p for p in model.protocols if p in FROZEN]
+            if frozen:
+                start = time.time()
+                cache = self.caches[(model.label, data.info.source)]  # same source, same images
+                x = frozen_features(backbone, parts, self.config, self.device, f"{name} {model.label}", cache)
+                log.info("%s / %s: features in %.1f s", name, model.label, time.time() - start)
+            if "linear_probe" in frozen:
+                start = time.time()
+                prob, fit = linear_probe(
+                    (x["train"], train.y),
+                    (x["val"], val.y),
+                    x["test"],
+                    outputs,
+                    multilabel,
+                    self.config.linear_probe,
+                )
+                self.record(
+                    predictions_for(test, model.label, "linear_probe", prob), time.time() - start, **fit
+                )
+            if "knn" in frozen:
+                start = time.time()
+                prob = knn_predict(x["train"], train.y, x["test"], outputs, multilabel, self.config.knn)
+                self.record(predictions_for(test, model.label, "knn", prob), time.time() - start)
+            if "fewshot" in frozen:
+                start = time.time()
+                for k, draw, prob in few_shot(
+                    x["train"], train.y, x["test"], outputs, multilabel, self.config.fewshot, self.config.seed
+                ):
+                    pred = predictions_for(test, model.label, "fewshot", prob, setting=f"k={k}")
+                    self.record(pred, time.time() - start, draw=draw)
+                    start = time.time()
+            if "finetune" in model.protocols:
+                start = time.time()
+                settings = self.config.scratch if "(scratch)" in model.label else self.config.finetune
+                prob, fit = finetune(
+                    backbone,
+                    (train.inputs, train.y),
+                    (val.inputs, val.y),
+                    test.inputs,
+                    outputs,
+                    multilabel,
+                    settings,
+                    device=self.device,
+                    seed=self.config.seed,
+                    description=f"{name} {model.label} fine-tune",
+                )
+                self.record(predictions_for(test, model.label, "finetune", prob), time.time() - start, **fit)
+        if "classical" in self.config.baselines and data.info.classical:
+            start = time.time()
+            prob = fit_predict(CLASSICAL.get(data.info.classical), train, test, self.config.seed)
+            self.record(predictions_for(test, data.info.classical, "classical", prob), time.time() - start)
+
+    def rows(self) -> pd.DataFrame:
+        modality = {}
+        rows = []
+        for pred in self.predictions:
+            modality.setdefault(pred.task, TASKS.get(pred.task).info.modality)
+            rows += score(pred, modality[pred.task], n_boot=self.config.n_boot, seed=self.config.seed)
+        for (task, _, _), draws in self.draws.items():
+            rows += score_draws(draws, TASKS.get(task).info.modality)
+        return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+    def comparisons(self) -> pd.DataFrame:
+        """The encoder against each baseline, paired on the same test subjects (AUROC)."""
+        if self.source is None:
+            return pd.DataFrame()
+        by_key = {(p.task, p.model, p.protocol): p for p in self.predictions}
+        pairs = [
+            ("linear_probe", self.source.random_label, "linear_probe"),
+            ("finetune", "resnet18 (scratch)", "finetune"),
+        ]
+        rows = []
+        for task in dict.fromkeys(p.task for p in self.predictions):
+            classical = TASKS.get(task).info.classical
+            for protocol, other, other_protocol in [*pairs, ("linear_probe", classical, "classical")]:
+                a = by_key.get((task, self.source.label, protocol))
+                b = by_key.get((task, other, other_protocol))
+                if a is None or b is None:
+                    continue
+                test = paired_bootstrap(
+                    a.y,
+                    a.prob,
+                    b.prob,
+                    a.subjects,
+                    a.multilabel,
+                    metric="auroc",
+                    n_boot=2 * self.config.n_boot,
+                    seed=self.config.seed,
+                )
+                rows.append(
+                    {
+                        "task": task,
+                        "protocol": protocol,
+                        "metric": "auroc",
+                        "model_a": f"{a.model} ({protocol})",
+                        "model_b": f"{b.model} ({other_protocol})",
+                        **{
+                            k: test[k] for k in ("value_a", "value_b", "diff", "ci_low", "ci_high", "p_value")
+                        },
+                    }
+                )
+        return pd.DataFrame(rows)
+
+
+def subsample(data: TaskData, size: int, seed: int) -> TaskData:
+    """About ``size`` examples drawn at random, each split shrunk by the same factor (at least 2 kept)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for part in ("train", "val", "test"):
+        index = np.flatnonzero(data.split == part)
+        share = max(2, round(len(index) * size / len(data))) if len(index) else 0
+        keep.append(rng.choice(index, size=min(share, len(index)), replace=False))
+    subset = data.select(np.sort(np.concatenate(keep)))
+    check_splits(subset)
+    log.info("task %s: a random %d of %d examples (limit=%d)", data.name, len(subset), len(data), size)
+    return subset
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text).strip("_")
+
+
+def run_eval(config: EvalConfig) -> dict[str, Path]:
+    """Evaluate, score and report; return the paths of the report files."""
+    config.check()
+    out = Path(config.output)
+    run = Run.create(out, config, seeds={"seed": config.seed})
+    torch.manual_seed(config.seed)
+    evaluation = Evaluation(config, run, out)
+    started = time.time()
+    for name in config.tasks:
+        log.info("task %s", name)
+        evaluation.task(name)
+    rows = evaluation.rows()
+    comparisons = evaluation.comparisons()
+    comparisons.to_csv(out / "comparisons.csv", index=False)
+    notes = [
+        f"Encoder: {evaluation.source.label if evaluation.source else 'none (registered baselines only)'}"
+        + (f" ({evaluation.source.path})" if evaluation.source and evaluation.source.path else ""),
+        f"Intervals: 95 % bootstrap over test subjects ({config.n_boot} resamples); "
+        "few-shot: 2.5-97.5 % range over draws.",
+        f"Comparisons: paired subject bootstrap of AUROC, one-sided p for 'encoder better' "
+        f"({2 * config.n_boot} resamples).",
+    ]
+    paths = write_report(
+        out, rows, evaluation.predictions, title="medfm benchmark", comparisons=comparisons, notes=notes
+    )
+    run.finish(tasks=config.tasks, seconds=round(time.time() - started, 1), rows=len(rows))
+    log.info("results in %s (report: %s)", out, out / "report.html")
+    return paths
