@@ -21,6 +21,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Medical data: sources, corpus building, data cards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+QUICKSTART_BUNDLE = "runs/quickstart/pretrain/bundle"
+
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="config overrides such as image_size=64 workers=1")
 ]
@@ -156,6 +158,117 @@ def models(pattern: Annotated[str, typer.Argument(help="wildcard, e.g. 'vit_smal
         )
     console.print(table)
     console.print("methods: " + ", ".join(METHODS.list()))
+
+
+def _eval_config(config: Path | None, overrides: list[str], **chosen):
+    """An EvalConfig from defaults <- YAML <- overrides, then the command's own options on top."""
+    from medfm.config import load_config
+    from medfm.evaluate.suite import EvalConfig
+
+    settings = load_config(EvalConfig, config, overrides)
+    for key, value in chosen.items():
+        if value:
+            setattr(settings, key, value)
+    return settings
+
+
+def _split(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+@app.command("eval")
+@friendly_errors
+def evaluate(
+    bundle: Annotated[str, typer.Option("--bundle", help="a bundle folder, or a registered encoder name")],
+    tasks: Annotated[str | None, typer.Option(help="comma-separated task names (see `medfm tasks`)")] = None,
+    protocols: Annotated[
+        str | None, typer.Option(help="comma-separated: linear_probe, knn, finetune, fewshot")
+    ] = None,
+    baselines: Annotated[
+        str | None, typer.Option(help="comma-separated: random_init, scratch, classical")
+    ] = None,
+    folder: Annotated[
+        Path | None, typer.Option(help="also evaluate a folder of images with a labels.csv")
+    ] = None,
+    label_column: Annotated[str, typer.Option(help="the --folder's label column")] = "label",
+    id_column: Annotated[str | None, typer.Option(help="the --folder's patient id column")] = None,
+    out: Annotated[str | None, typer.Option(help="output folder (default runs/eval)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="evaluation YAML")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Evaluate an encoder on chosen tasks and protocols; write results (CSV, Markdown) and an HTML report."""
+    from medfm.evaluate.suite import run_eval
+
+    chosen_tasks = _split(tasks)
+    settings = _eval_config(
+        config,
+        overrides or [],
+        encoder=bundle,
+        tasks=chosen_tasks,
+        protocols=_split(protocols),
+        baselines=_split(baselines),
+        output=out,
+    )
+    if folder is not None:
+        if not chosen_tasks:
+            settings.tasks = []
+        settings.tasks.append("image_folder")
+        settings.task_options["image_folder"] = {
+            "root": str(folder),
+            "label_column": label_column,
+            "id_column": id_column,
+        }
+    paths = run_eval(settings)
+    console.print(Markdown(paths["results.md"].read_text()))
+    console.print(f"\n[bold green]report:[/] {paths['report.html']}")
+
+
+@app.command()
+@friendly_errors
+def bench(
+    bundle: Annotated[
+        str | None, typer.Option("--bundle", help="a bundle folder (default: the quickstart's bundle)")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="output folder (default runs/bench)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="evaluation YAML")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """The default suite: every registered task, every protocol, every baseline, sized for a CPU."""
+    from medfm.errors import ConfigError
+    from medfm.evaluate.suite import run_eval
+
+    if bundle is None:
+        bundle = QUICKSTART_BUNDLE
+        if not Path(bundle).is_dir():
+            raise ConfigError(f"no --bundle given and {bundle} does not exist (`medfm quickstart` writes it)")
+    settings = _eval_config(config, overrides or [], encoder=bundle, output=out or "runs/bench")
+    paths = run_eval(settings)
+    console.print(
+        f"[bold green]results:[/] {paths['results.md']}  [bold green]report:[/] {paths['report.html']}"
+    )
+
+
+@app.command("tasks")
+@friendly_errors
+def tasks_list(pattern: Annotated[str, typer.Argument(help="wildcard, e.g. 'physionet*'")] = "*") -> None:
+    """List the registered downstream tasks."""
+    from medfm.evaluate.tasks import TASKS
+    from medfm.evaluate.tasks.base import PROTOCOLS
+
+    table = Table("task", "kind", "modality", "split", "classes", "protocols", "classical")
+    for name in TASKS.list(pattern):
+        info = TASKS.get(name).info
+        classes = ", ".join(info.classes) if info.classes else "from the data"
+        table.add_row(
+            name,
+            info.kind,
+            info.modality,
+            info.split,
+            classes,
+            "all" if set(info.protocols) == set(PROTOCOLS) else ", ".join(info.protocols),
+            info.classical or "",
+        )
+    console.print(table)
 
 
 @app.command()

@@ -35,7 +35,7 @@ from medfm.evaluate.protocols.fewshot import FewShotConfig, few_shot
 from medfm.evaluate.protocols.finetune import FinetuneConfig, finetune
 from medfm.evaluate.protocols.knn import KnnConfig, knn_predict
 from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, linear_probe
-from medfm.evaluate.report import write_report
+from medfm.evaluate.report import COMPARISON_COLUMNS, write_report
 from medfm.evaluate.scoring import score, score_draws
 from medfm.evaluate.tasks import TASKS, TaskData
 from medfm.evaluate.tasks.base import PROTOCOLS, check_splits
@@ -293,7 +293,7 @@ class Evaluation:
     def comparisons(self) -> pd.DataFrame:
         """The encoder against each baseline, paired on the same test subjects (AUROC)."""
         if self.source is None:
-            return pd.DataFrame()
+            return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
         by_key = {(p.task, p.model, p.protocol): p for p in self.predictions}
         pairs = [
             ("linear_probe", self.source.random_label, "linear_probe"),
@@ -329,7 +329,7 @@ class Evaluation:
                         },
                     }
                 )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
 def subsample(data: TaskData, size: int, seed: int) -> TaskData:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from medfm.data.sources import open_source
-from medfm.evaluate.tasks.base import Example, Task, TaskInfo, register_task
+from medfm.evaluate.tasks.base import CORPUS_FRACTIONS, Example, Task, TaskInfo, register_task
 
 KERMANY = (
     "Kermany DS, Goldbaum M, Cai W, et al. Identifying Medical Diagnoses and Treatable Diseases by "
@@ -101,7 +101,8 @@ class ImageFolderTask(SourceImageTask):
 
     Options: ``label_column`` (default ``label``); ``id_column``, a patient (or eye, lesion...) column so
     that a subject's images stay in one split (without it each image is its own subject); ``path_column``;
-    ``split="official"`` to use the CSV's ``split`` column instead of the subject split; ``modality``.
+    ``split="official"`` to use the CSV's ``split`` column instead of the subject split; ``fractions`` of
+    the subject split (default train 0.8 / val 0.1 / test 0.1, as the corpus builder); ``modality``.
     The classes are the labels of the training split; a validation or test label outside them is an error.
     """
 
@@ -121,6 +122,7 @@ class ImageFolderTask(SourceImageTask):
         id_column: str | None = None,
         path_column: str = "path",
         split: str = "subject",
+        fractions: dict[str, float] | None = None,
         modality: str = "unknown",
         limit: int | None = None,
     ):
@@ -137,6 +139,7 @@ class ImageFolderTask(SourceImageTask):
             self.info,
             modality=modality,
             split=split,
+            fractions=tuple((fractions or CORPUS_FRACTIONS).items()),
             source=f"image_folder:{self.root.name}",
             description=f"Images of {self.root.name}/labels.csv labelled by {label_column!r}"
             + (f", split by {id_column!r}" if id_column else ""),
