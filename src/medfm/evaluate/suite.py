@@ -115,7 +115,11 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         from medfm.evaluate.timeseries_backbones import timeseries_backbone
 
         name = data.info.encoder
-        make = lambda: timeseries_backbone(name, data)  # noqa: E731
+
+        def make() -> Backbone:
+            torch.manual_seed(config.seed)
+            return timeseries_backbone(name, data)
+
         frozen = tuple(p for p in wanted if p in FROZEN)
         if "random_init" in config.baselines and frozen:
             models.append(Model(f"{name} (random init)", make, frozen))

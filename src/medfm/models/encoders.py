@@ -124,3 +124,7 @@ def create_encoder(
     if isinstance(size, list):
         size = tuple(size)
     return spec.cls(**{**spec.arch, **overrides}, in_chans=in_chans, img_size=size)
+
+
+# Signal and ICU-series encoders register themselves with the ViTs (imported last: they use register_encoder).
+from medfm.models import timeseries  # noqa: E402, F401
