@@ -12,9 +12,11 @@ Output folder: ``config.yaml``, ``metrics.jsonl`` (one line per model and protoc
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,14 @@ DEFAULT_TASKS = [
 ]
 
 
+# Fine-tuning a 2D encoder through 8 slices per volume costs 8 images per example, and the official
+# pneumonia split repeats the subject-split task's images: the default suite runs their frozen protocols.
+CPU_TASK_PROTOCOLS = {
+    "hippocampus_volume": ["linear_probe", "knn", "fewshot"],
+    "pneumonia_xray_official": ["linear_probe", "knn", "fewshot"],
+}
+
+
 @dataclass
 class EvalConfig:
     output: str = "runs/eval"
@@ -66,6 +76,8 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. image_folder: {root: ...}
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    # per-task protocol lists that replace `protocols` (the default keeps the CPU budget; see ARCHITECTURE)
+    task_protocols: dict[str, list[str]] = field(default_factory=lambda: dict(CPU_TASK_PROTOCOLS))
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     image_size: int = 0  # 0: the size the encoder was pretrained at
     batch_size: int = 128  # feature extraction
@@ -76,12 +88,24 @@ class EvalConfig:
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    scratch: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-3, layer_decay=1.0))
+    # Image models fine-tune for at most 30 steps of 32, without validation checks, so the default suite
+    # fits a CPU; `finetune.max_steps=0 finetune.evaluations=2` trains `epochs` and selects on validation.
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(max_steps=30, evaluations=0))
+    scratch: FinetuneConfig = field(  # image models trained from scratch (ResNet-18)
+        default_factory=lambda: FinetuneConfig(lr=1e-3, layer_decay=1.0, max_steps=30, evaluations=0)
+    )
+    timeseries: FinetuneConfig = field(  # the ECG and ICU encoders trained from scratch (small, fast)
+        default_factory=lambda: FinetuneConfig(lr=1e-3, layer_decay=1.0, max_steps=200)
+    )
+    workers: int = 2  # processes that compute bootstrap intervals
 
     def check(self) -> EvalConfig:
         for name, values, known in (
-            ("protocols", self.protocols, PROTOCOLS),
+            (
+                "protocols",
+                [p for ps in (self.protocols, *self.task_protocols.values()) for p in ps],
+                PROTOCOLS,
+            ),
             ("baselines", self.baselines, BASELINES),
         ):
             unknown = sorted(set(values) - set(known))
@@ -104,11 +128,13 @@ class Model:
     label: str
     make: Callable[[], Backbone]
     protocols: tuple[str, ...]
+    finetune: FinetuneConfig | None = None  # its fine-tuning settings, when it fine-tunes
 
 
 def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig) -> list[Model]:
     """The encoder and the neural baselines that apply to this task, with their protocols."""
-    wanted = [p for p in config.protocols if p in data.info.protocols]
+    chosen = config.task_protocols.get(data.name, config.protocols)
+    wanted = [p for p in chosen if p in data.info.protocols]
     models = []
     if data.info.kind in ("signal", "series"):
         # no image encoder reads these: their registered encoder, random (frozen) and trained from scratch
@@ -124,7 +150,7 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         if "random_init" in config.baselines and frozen:
             models.append(Model(f"{name} (random init)", make, frozen))
         if "scratch" in config.baselines and "finetune" in wanted:
-            models.append(Model(f"{name} (scratch)", make, ("finetune",)))
+            models.append(Model(f"{name} (scratch)", make, ("finetune",), config.timeseries))
         return models
     if source is None:
         raise ConfigError(f"task {data.name} needs an image encoder: pass a bundle or an encoder name")
@@ -138,14 +164,14 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         return make
 
     encoder(True)()  # fail now, with a clear message, when the encoder cannot read this task
-    models.append(Model(source.label, encoder(source.path is not None), tuple(wanted)))
+    models.append(Model(source.label, encoder(source.path is not None), tuple(wanted), config.finetune))
     frozen = tuple(p for p in wanted if p in FROZEN)
     if "random_init" in config.baselines and source.path is not None and frozen:
         models.append(Model(source.random_label, encoder(False), frozen))
     if "scratch" in config.baselines and "finetune" in wanted and data.info.kind == "image":
         side = size or (source.img_size if isinstance(source.img_size, int) else 224)
         make = lambda: ImageBackbone(resnet18(source.in_chans), side, source.mean, source.std)  # noqa: E731
-        models.append(Model("resnet18 (scratch)", make, ("finetune",)))
+        models.append(Model("resnet18 (scratch)", make, ("finetune",), config.scratch))
     return models
 
 
@@ -265,7 +291,6 @@ class Evaluation:
                     start = time.time()
             if "finetune" in model.protocols:
                 start = time.time()
-                settings = self.config.scratch if "(scratch)" in model.label else self.config.finetune
                 prob, fit = finetune(
                     backbone,
                     (train.inputs, train.y),
@@ -273,7 +298,7 @@ class Evaluation:
                     test.inputs,
                     outputs,
                     multilabel,
-                    settings,
+                    model.finetune,
                     device=self.device,
                     seed=self.config.seed,
                     description=f"{name} {model.label} fine-tune",
@@ -284,26 +309,33 @@ class Evaluation:
             prob = fit_predict(CLASSICAL.get(data.info.classical), train, test, self.config.seed)
             self.record(predictions_for(test, data.info.classical, "classical", prob), time.time() - start)
 
-    def rows(self) -> pd.DataFrame:
-        modality = {}
-        rows = []
-        for pred in self.predictions:
-            modality.setdefault(pred.task, TASKS.get(pred.task).info.modality)
-            rows += score(pred, modality[pred.task], n_boot=self.config.n_boot, seed=self.config.seed)
+    def rows(self, pool: Executor) -> pd.DataFrame:
+        """Every prediction scored (bootstrap intervals computed in ``pool``)."""
+        jobs = [
+            pool.submit(
+                score,
+                pred,
+                TASKS.get(pred.task).info.modality,
+                n_boot=self.config.n_boot,
+                seed=self.config.seed,
+            )
+            for pred in self.predictions
+        ]
+        rows = [row for job in jobs for row in job.result()]
         for (task, _, _), draws in self.draws.items():
             rows += score_draws(draws, TASKS.get(task).info.modality)
         return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
-    def comparisons(self) -> pd.DataFrame:
+    def comparisons(self, pool: Executor) -> pd.DataFrame:
         """The encoder against each baseline, paired on the same test subjects (AUROC)."""
         if self.source is None:
             return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
         by_key = {(p.task, p.model, p.protocol): p for p in self.predictions}
+        jobs = []
         pairs = [
             ("linear_probe", self.source.random_label, "linear_probe"),
             ("finetune", "resnet18 (scratch)", "finetune"),
         ]
-        rows = []
         for task in dict.fromkeys(p.task for p in self.predictions):
             classical = TASKS.get(task).info.classical
             for protocol, other, other_protocol in [*pairs, ("linear_probe", classical, "classical")]:
@@ -311,7 +343,8 @@ class Evaluation:
                 b = by_key.get((task, other, other_protocol))
                 if a is None or b is None:
                     continue
-                test = paired_bootstrap(
+                job = pool.submit(
+                    paired_bootstrap,
                     a.y,
                     a.prob,
                     b.prob,
@@ -321,18 +354,20 @@ class Evaluation:
                     n_boot=2 * self.config.n_boot,
                     seed=self.config.seed,
                 )
-                rows.append(
-                    {
-                        "task": task,
-                        "protocol": protocol,
-                        "metric": "auroc",
-                        "model_a": f"{a.model} ({protocol})",
-                        "model_b": f"{b.model} ({other_protocol})",
-                        **{
-                            k: test[k] for k in ("value_a", "value_b", "diff", "ci_low", "ci_high", "p_value")
-                        },
-                    }
-                )
+                jobs.append((task, protocol, other_protocol, a, b, job))
+        rows = []
+        for task, protocol, other_protocol, a, b, job in jobs:
+            test = job.result()
+            rows.append(
+                {
+                    "task": task,
+                    "protocol": protocol,
+                    "metric": "auroc",
+                    "model_a": f"{a.model} ({protocol})",
+                    "model_b": f"{b.model} ({other_protocol})",
+                    **{k: test[k] for k in ("value_a", "value_b", "diff", "ci_low", "ci_high", "p_value")},
+                }
+            )
         return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
@@ -365,8 +400,12 @@ def run_eval(config: EvalConfig) -> dict[str, Path]:
     for name in config.tasks:
         log.info("task %s", name)
         evaluation.task(name)
-    rows = evaluation.rows()
-    comparisons = evaluation.comparisons()
+    log.info(
+        "scoring: %d predictions, %d bootstrap resamples each", len(evaluation.predictions), config.n_boot
+    )
+    with ProcessPoolExecutor(max(1, config.workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = evaluation.rows(pool)
+        comparisons = evaluation.comparisons(pool)
     comparisons.to_csv(out / "comparisons.csv", index=False)
     notes = [
         f"Encoder: {evaluation.source.label if evaluation.source else 'none (registered baselines only)'}"

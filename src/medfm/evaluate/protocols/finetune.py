@@ -35,7 +35,7 @@ class FinetuneConfig:
     layer_decay: float = 0.75
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
-    evaluations: int = 2  # validation checks over the run (model selection)
+    evaluations: int = 2  # validation checks over the run, for model selection (0: keep the last step)
 
 
 class Classifier(nn.Module):
@@ -119,7 +119,7 @@ def finetune(
         steps = min(steps, config.max_steps)
     warmup = int(config.warmup_fraction * steps)
     checks = {math.ceil(steps * (i + 1) / config.evaluations) for i in range(config.evaluations)}
-    has_val = len(val[1]) > 0
+    has_val = len(val[1]) > 0 and config.evaluations > 0
     best_loss, best_state, best_step = math.inf, None, steps
     batches = _batches(count, batch_size, torch.Generator().manual_seed(seed))
     train_targets = targets(train_y, multilabel)

@@ -315,8 +315,8 @@ def check_splits(data: TaskData) -> None:
         raise DataError(f"task {data.name}: {len(leaked)} subject(s) in the test and another split")
     if leaked:
         log.warning(
-            "task %s: %d subject(s) occur in the official test split and in training (the dataset's own "
-            "split leaks; compare with the subject-split variant)",
+            "task %s: %d subject(s) occur in the official test split and in training: the dataset's own "
+            "split shares them, so its test scores are optimistic (see the task's description)",
             data.name,
             len(leaked),
         )
