@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.markdown import Markdown
-from rich.table import Table
+from rich.table import Column, Table
 
 from medfm.errors import MedfmError
 from medfm.log import console, setup_logging
@@ -255,7 +255,8 @@ def tasks_list(pattern: Annotated[str, typer.Argument(help="wildcard, e.g. 'phys
     from medfm.evaluate.tasks import TASKS
     from medfm.evaluate.tasks.base import PROTOCOLS
 
-    table = Table("task", "kind", "modality", "split", "classes", "protocols", "classical")
+    table = Table("kind", "modality", "split", "classes", "protocols", "classical")
+    table.columns.insert(0, Column("task", no_wrap=True))  # names are what users type: never cut them
     for name in TASKS.list(pattern):
         info = TASKS.get(name).info
         classes = ", ".join(info.classes) if info.classes else "from the data"

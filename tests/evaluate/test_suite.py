@@ -136,3 +136,16 @@ def test_cli_reports_a_channel_mismatch_in_one_line(tmp_path, make_image_folder,
     )
     assert result.exit_code == 2
     assert "3-channel images but encoder two takes 2" in " ".join(result.output.split())
+
+
+def test_cli_lists_the_registered_tasks():
+    result = CliRunner().invoke(app, ["tasks", "pneumonia*"])
+    assert result.exit_code == 0, result.output
+    assert "pneumonia_xray_official" in result.output and "pneumoniamnist" in result.output
+
+
+def test_cli_bench_without_a_bundle_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench"])
+    assert result.exit_code == 2
+    assert "medfm quickstart" in " ".join(result.output.split())
