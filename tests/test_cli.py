@@ -91,3 +91,24 @@ def test_quickstart_runs_offline_on_shipped_files(tmp_path, monkeypatch):
     card = (tmp_path / "qs" / "corpus" / "card" / "DATA_CARD.md").read_text()
     assert "## Licenses and citations" in card
     assert (tmp_path / "qs" / "corpus" / "card" / "samples-mr.png").is_file()
+    assert not (tmp_path / "qs" / "eval").exists()  # no labels offline: nothing evaluated
+
+
+@pytest.mark.slow
+def test_quickstart_with_data_evaluates_its_encoder(tmp_path, monkeypatch, data_root):
+    import medfm.quickstart as quickstart
+
+    small = quickstart.quickstart_eval_config
+
+    def smaller(out):
+        config = small(out)
+        config.limit, config.n_boot = 200, 50
+        return config
+
+    monkeypatch.setattr(quickstart, "quickstart_eval_config", smaller)
+    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--pretrain-steps", "2"])
+    assert result.exit_code == 0, result.output
+    comparisons = (tmp_path / "qs" / "eval" / "comparisons.csv").read_text()
+    assert "pretrain (linear_probe),vit_tiny_patch8 (random init) (linear_probe)" in comparisons
+    assert "pixels_logreg (classical)" in comparisons
+    assert (tmp_path / "qs" / "eval" / "report.html").is_file()

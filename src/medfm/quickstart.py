@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import nibabel
+import pandas as pd
 from pydicom.data import get_testdata_file
 
 from medfm.data.card import write_card
@@ -146,7 +147,23 @@ def run_quickstart(out: str | Path, pretrain_steps: int = 300) -> Path:
         )
         if os.environ.get("MEDFM_DATA_ROOT"):
             paths = run_eval(quickstart_eval_config(out))
-            log.info("evaluation: %s (report %s)", paths["results.md"], paths["report.html"])
+            for row in pd.read_csv(out / "eval" / "comparisons.csv").itertuples():
+                log.info(
+                    "PneumoniaMNIST AUROC: %s %.3f vs %s %.3f (difference %+.3f [%+.3f, %+.3f])",
+                    row.model_a,
+                    row.value_a,
+                    row.model_b,
+                    row.value_b,
+                    row.diff,
+                    row.ci_low,
+                    row.ci_high,
+                )
+            log.info(
+                "evaluation: %s (report %s). A few hundred MAE steps are a smoke run, not a foundation "
+                "model: results/bench/ shows a longer-trained encoder against the same baselines",
+                paths["results.md"],
+                paths["report.html"],
+            )
         else:
             log.info("no labelled data without MEDFM_DATA_ROOT: the encoder is not evaluated")
     return card
