@@ -39,7 +39,7 @@ from medfm.evaluate.protocols.knn import KnnConfig, knn_predict
 from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, linear_probe
 from medfm.evaluate.report import COMPARISON_COLUMNS, write_report
 from medfm.evaluate.scoring import score, score_draws
-from medfm.evaluate.tasks import TASKS, TaskData
+from medfm.evaluate.tasks import TASKS, TaskData, TaskInfo
 from medfm.evaluate.tasks.base import PROTOCOLS, check_splits
 from medfm.log import get_logger
 from medfm.runs import Run
@@ -163,7 +163,6 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
 
         return make
 
-    encoder(True)()  # fail now, with a clear message, when the encoder cannot read this task
     models.append(Model(source.label, encoder(source.path is not None), tuple(wanted), config.finetune))
     frozen = tuple(p for p in wanted if p in FROZEN)
     if "random_init" in config.baselines and source.path is not None and frozen:
@@ -225,8 +224,9 @@ class Evaluation:
         self.device = pick_device(config.device)
         self.predictions: list[Predictions] = []
         self.draws: dict[tuple[str, str, str], list[Predictions]] = defaultdict(list)
-        self.caches: dict[tuple[str, str], dict[bytes, np.ndarray]] = defaultdict(dict)
+        self.caches: dict[tuple[str, str, str], dict[bytes, np.ndarray]] = defaultdict(dict)
         self.source = resolve_encoder(config.encoder) if config.encoder else None
+        self.infos: dict[str, TaskInfo] = {}  # as loaded: a folder task's modality is the user's
 
     def record(self, pred: Predictions, seconds: float, **details: Any) -> None:
         folder = self.out / "predictions" / pred.task
@@ -250,6 +250,7 @@ class Evaluation:
 
     def task(self, name: str) -> None:
         data = TASKS.get(name)(**self.config.task_options.get(name, {})).load()
+        self.infos[name] = data.info
         if self.config.limit and len(data) > self.config.limit:
             data = subsample(data, self.config.limit, self.config.seed)
         parts = {s: data.part(s) for s in ("train", "val", "test")}
@@ -261,7 +262,10 @@ class Evaluation:
             frozen = [p for p in model.protocols if p in FROZEN]
             if frozen:
                 start = time.time()
-                cache = self.caches[(model.label, data.info.source)]  # same source, same images
+                # tasks of one source share images (the two pneumonia splits), unless the backbone's
+                # preprocessing is fitted to each task's training split (ICU series)
+                fitted = type(backbone).fit is not Backbone.fit
+                cache = self.caches[(model.label, data.info.source, data.name if fitted else "")]
                 x = frozen_features(backbone, parts, self.config, self.device, f"{name} {model.label}", cache)
                 log.info("%s / %s: features in %.1f s", name, model.label, time.time() - start)
             if "linear_probe" in frozen:
@@ -315,7 +319,7 @@ class Evaluation:
             pool.submit(
                 score,
                 pred,
-                TASKS.get(pred.task).info.modality,
+                self.infos[pred.task].modality,
                 n_boot=self.config.n_boot,
                 seed=self.config.seed,
             )
@@ -323,7 +327,7 @@ class Evaluation:
         ]
         rows = [row for job in jobs for row in job.result()]
         for (task, _, _), draws in self.draws.items():
-            rows += score_draws(draws, TASKS.get(task).info.modality)
+            rows += score_draws(draws, self.infos[task].modality)
         return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
     def comparisons(self, pool: Executor) -> pd.DataFrame:
@@ -337,7 +341,7 @@ class Evaluation:
             ("finetune", "resnet18 (scratch)", "finetune"),
         ]
         for task in dict.fromkeys(p.task for p in self.predictions):
-            classical = TASKS.get(task).info.classical
+            classical = self.infos[task].classical
             for protocol, other, other_protocol in [*pairs, ("linear_probe", classical, "classical")]:
                 a = by_key.get((task, self.source.label, protocol))
                 b = by_key.get((task, other, other_protocol))
