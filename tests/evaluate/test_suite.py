@@ -149,3 +149,18 @@ def test_cli_bench_without_a_bundle_says_how_to_get_one(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["bench"])
     assert result.exit_code == 2
     assert "medfm quickstart" in " ".join(result.output.split())
+
+
+def test_task_protocols_limit_a_task_and_say_so(tmp_path, image_folder, bundle, caplog):
+    config = folder_config(
+        tmp_path,
+        image_folder,
+        bundle,
+        protocols=["knn", "linear_probe"],
+        baselines=[],
+        task_protocols={"image_folder": ["knn"]},
+    )
+    run_eval(config)
+    rows = pd.read_csv(tmp_path / "eval" / "results.csv")
+    assert set(rows.protocol) == {"knn"}
+    assert "protocol linear_probe is left out by task_protocols" in caplog.text

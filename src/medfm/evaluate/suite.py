@@ -76,7 +76,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. image_folder: {root: ...}
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
-    # per-task protocol lists that replace `protocols` (the default keeps the CPU budget; see ARCHITECTURE)
+    # per-task limits on `protocols` (the default keeps the CPU budget; see ARCHITECTURE); {} lifts them
     task_protocols: dict[str, list[str]] = field(default_factory=lambda: dict(CPU_TASK_PROTOCOLS))
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     image_size: int = 0  # 0: the size the encoder was pretrained at
@@ -133,8 +133,15 @@ class Model:
 
 def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig) -> list[Model]:
     """The encoder and the neural baselines that apply to this task, with their protocols."""
-    chosen = config.task_protocols.get(data.name, config.protocols)
-    wanted = [p for p in chosen if p in data.info.protocols]
+    limit = config.task_protocols.get(data.name, PROTOCOLS)
+    wanted = [p for p in config.protocols if p in limit and p in data.info.protocols]
+    for protocol in sorted(set(config.protocols) - set(wanted)):
+        why = (
+            "does not apply to the task"
+            if protocol not in data.info.protocols
+            else "is left out by task_protocols"
+        )
+        log.warning("task %s: protocol %s %s", data.name, protocol, why)
     models = []
     if data.info.kind in ("signal", "series"):
         # no image encoder reads these: their registered encoder, random (frozen) and trained from scratch
