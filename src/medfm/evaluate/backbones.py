@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfm.errors import ConfigError
-from medfm.pretrain.views import match_channels
+from medfm.pretrain.views import as_image, match_channels
 
 
 class Backbone(nn.Module):
@@ -42,13 +42,8 @@ class Backbone(nn.Module):
 
 
 def image_tensor(image: Any) -> torch.Tensor:
-    """An image ``[C, H, W]`` (uint8, or float in [0, 1]) as float32 in [0, 1]."""
-    tensor = torch.as_tensor(np.asarray(image))
-    if tensor.ndim == 2:
-        tensor = tensor.unsqueeze(0)
-    if tensor.ndim != 3:
-        raise ConfigError(f"expected an image [C, H, W], got shape {tuple(tensor.shape)}")
-    return tensor.float().div_(255) if tensor.dtype == torch.uint8 else tensor.float()
+    """An image ``[C, H, W]`` (uint8, or float in [0, 1]; array or tensor) as float32 in [0, 1]."""
+    return as_image(torch.as_tensor(np.asarray(image)))
 
 
 def check_channels(channels: int, in_chans: int, task: str, encoder: str) -> None:

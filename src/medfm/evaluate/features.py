@@ -6,26 +6,14 @@ questions about each image. A cache maps a digest of an example's arrays to its 
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 import torch
 
 from medfm.evaluate.backbones import Backbone
+from medfm.evaluate.tasks.base import inputs_digest
 from medfm.log import progress
-
-
-def input_digest(inputs: dict[str, list[Any]], i: int) -> bytes:
-    """A digest of example ``i``'s array inputs (text such as a VQA question is not encoded)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for key in sorted(inputs):
-        value = inputs[key][i]
-        if isinstance(value, np.ndarray | torch.Tensor):
-            array = np.ascontiguousarray(np.asarray(value))
-            digest.update(f"{key}{array.dtype}{array.shape}".encode())
-            digest.update(array.tobytes())
-    return digest.digest()
 
 
 @torch.no_grad()
@@ -44,7 +32,7 @@ def extract_features(
     """
     count = len(next(iter(inputs.values())))
     cache = {} if cache is None else cache
-    keys = [input_digest(inputs, i) for i in range(count)]
+    keys = [inputs_digest({k: v[i] for k, v in inputs.items()}, text=False) for i in range(count)]
     first: dict[bytes, int] = {}
     for i, key in enumerate(keys):
         if key not in cache:

@@ -29,6 +29,16 @@ RESULT_COLUMNS = (
 )
 
 
+def with_all_classes(prob: np.ndarray, present: np.ndarray, outputs: int) -> np.ndarray:
+    """Class probabilities ``[N, outputs]`` from a classifier that saw only the classes ``present``
+    (scikit-learn's ``classes_``); a class it never saw in training gets probability 0."""
+    if prob.shape[1] == outputs:
+        return prob
+    full = np.zeros((len(prob), outputs))
+    full[:, present] = prob
+    return full
+
+
 @dataclass
 class Predictions:
     """``prob`` is ``[N, C]`` class probabilities (rows sum to 1) or, for multi-label tasks, ``[N, K]``

@@ -141,7 +141,8 @@ def is_colour(image: torch.Tensor) -> bool:
     return bool(spread.max() > COLOUR_TOLERANCE)
 
 
-def _as_image(image: torch.Tensor) -> torch.Tensor:
+def as_image(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as float32 ``[C, H, W]`` in [0, 1] (uint8 divided by 255, a 2D image given one channel)."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"views take a torch.Tensor image, got {type(image).__name__}")
     if image.ndim == 2:
@@ -277,7 +278,7 @@ class CropView:
         self.in_chans = in_chans
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        image = _as_image(image)
+        image = as_image(image)
         table = self.augment.foreground_table(image)
         return {"image": self.augment(image, table, self.size, self.config.crop_scale, generator)}
 
@@ -340,7 +341,7 @@ class MultiCropView:
         self.mask_probability = mask_probability
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        image = _as_image(image)
+        image = as_image(image)
         table = self.augment.foreground_table(image)
         cfg = self.config
         global_crops = torch.stack(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.multiclass import OneVsRestClassifier
 
+from medfm.evaluate.predictions import with_all_classes
 from medfm.evaluate.tasks.base import TaskData
 from medfm.registry import Registry
 
@@ -35,9 +36,6 @@ def fit_predict(baseline: Classical, train: TaskData, test: TaskData, seed: int 
         model = OneVsRestClassifier(model)
     model.fit(baseline.features(train), train.y)
     prob = model.predict_proba(baseline.features(test))
-    if not train.info.multilabel and prob.shape[1] != train.num_outputs:
-        # a class absent from the training split gets probability 0 (check_splits allows absent classes)
-        full = np.zeros((len(prob), train.num_outputs))
-        full[:, model.classes_] = prob
-        prob = full
-    return prob
+    if train.info.multilabel:
+        return prob
+    return with_all_classes(prob, model.classes_, train.num_outputs)  # check_splits allows absent classes

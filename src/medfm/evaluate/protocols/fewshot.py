@@ -17,6 +17,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
+from medfm.evaluate.predictions import with_all_classes
+
 
 @dataclass
 class FewShotConfig:
@@ -57,8 +59,4 @@ def few_shot(
                 model = OneVsRestClassifier(model)
             model.fit(train_x[index], train_y[index])
             prob = model.predict_proba(test_x)
-            if not multilabel and prob.shape[1] != outputs:
-                full = np.zeros((len(prob), outputs))
-                full[:, model.classes_] = prob
-                prob = full
-            yield k, draw, prob
+            yield k, draw, prob if multilabel else with_all_classes(prob, model.classes_, outputs)

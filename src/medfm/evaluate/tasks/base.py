@@ -63,6 +63,7 @@ class TaskInfo:
             raise ValueError(f"task kind must be one of {INPUT_KINDS}, got {self.kind!r}")
         if self.split not in ("subject", "official"):
             raise ValueError(f"task split must be 'subject' or 'official', got {self.split!r}")
+        check_fractions(dict(self.fractions))
         unknown = sorted(set(self.protocols) - set(PROTOCOLS))
         if unknown:
             raise ValueError(f"unknown protocol(s) {unknown}; known: {PROTOCOLS}")
@@ -210,9 +211,7 @@ class Task(ABC):
         is carved from its training split)."""
         if self.info.split == "official":
             return official_split(example, self.info.source, carve_val=not official_val)
-        fractions = dict(self.info.fractions)
-        check_fractions(fractions)
-        return assign_split(f"{self.info.source}/{example.subject}", fractions)
+        return assign_split(f"{self.info.source}/{example.subject}", dict(self.info.fractions))
 
 
 def default_root(folder: str, task: str) -> Path:
@@ -240,20 +239,27 @@ def official_split(example: Example, source: str, carve_val: bool = False) -> st
     raise DataError(f"sample {example.sample_id!r} has no official split (got {example.official_split!r})")
 
 
+def inputs_digest(inputs: dict[str, Any], *, text: bool = True) -> bytes:
+    """A digest of one example's inputs: arrays by dtype, shape and bytes; strings too unless ``text``
+    is False (a VQA question does not change the image features)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(inputs):
+        value = inputs[key]
+        if hasattr(value, "__array__"):  # NumPy arrays (and tensors)
+            array = np.ascontiguousarray(np.asarray(value))
+            digest.update(f"{key}{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        elif text:
+            digest.update(f"{key}{value}".encode())
+    return digest.digest()
+
+
 def drop_identical(examples: list[Example], task: str) -> list[Example]:
     """Keep the first of each group of examples whose inputs are byte-identical."""
     seen: set[bytes] = set()
     kept = []
     for example in examples:
-        digest = hashlib.blake2b(digest_size=16)
-        for key in sorted(example.inputs):
-            value = example.inputs[key]
-            digest.update(
-                np.ascontiguousarray(value).tobytes()
-                if isinstance(value, np.ndarray)
-                else str(value).encode()
-            )
-        key = digest.digest()
+        key = inputs_digest(example.inputs)
         if key not in seen:
             seen.add(key)
             kept.append(example)
