@@ -69,7 +69,10 @@ def test_suite_runs_every_protocol_and_baseline_and_writes_the_report(tmp_path, 
         assert (out / name).is_file()
     assert paths["report.html"].read_text().count("<img") >= 2
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {"linear_probe", "knn", "fewshot", "finetune", "classical"} <= {r["protocol"] for r in logged}
+    assert {"linear_probe", "knn", "fewshot", "finetune", "classical"} <= {r.get("protocol") for r in logged}
+    backbones = [r for r in logged if r.get("event") == "backbone"]
+    assert {r["model"] for r in backbones} == {"tiny-mae", "test_vit (random init)"}
+    assert all(r["parameters"] > 0 and r["flops_per_example"] > 0 for r in backbones)
     saved = Predictions.load(next((out / "predictions" / "image_folder").glob("tiny-mae-linear_probe.npz")))
     assert saved.prob.shape[1] == 2 and len(saved.y) == probe.n.iloc[0]
 

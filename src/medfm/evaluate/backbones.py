@@ -31,6 +31,10 @@ class Backbone(nn.Module):
     embed_dim: int
     num_layers: int = 0
 
+    def preprocessing(self) -> str:
+        """What, besides the weights, decides this backbone's features (part of feature-cache keys)."""
+        return type(self).__name__
+
     def fit(self, train_inputs: dict[str, list[Any]]) -> None:
         """Learn preprocessing statistics from the training inputs (default: none needed)."""
 
@@ -46,6 +50,18 @@ def image_tensor(image: Any) -> torch.Tensor:
     return as_image(torch.as_tensor(np.asarray(image)))
 
 
+INTENSITIES = ("encoder", "per_image")
+
+
+def normalise(x: torch.Tensor, mean: float, std: float, intensity: str) -> torch.Tensor:
+    """``encoder``: the statistics the encoder was pretrained with; ``per_image``: each image (or volume)
+    standardised by its own mean and standard deviation, which removes scanner and exposure offsets."""
+    if intensity == "per_image":
+        dims = tuple(range(1, x.dim()))
+        return (x - x.mean(dim=dims, keepdim=True)) / x.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (x - mean) / std
+
+
 def check_channels(channels: int, in_chans: int, task: str, encoder: str) -> None:
     """Fail early, naming both sides, when images cannot be fed to the encoder."""
     if channels != in_chans and {channels, in_chans} != {1, 3}:
@@ -58,11 +74,18 @@ def check_channels(channels: int, in_chans: int, task: str, encoder: str) -> Non
 class ImageBackbone(Backbone):
     """A 2D encoder whose ``forward(x)`` returns pooled features (medfm ViTs, timm models with no head)."""
 
-    def __init__(self, encoder: nn.Module, image_size: int, mean: float = 0.5, std: float = 0.25):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        image_size: int,
+        mean: float = 0.5,
+        std: float = 0.25,
+        intensity: str = "encoder",
+    ):
         super().__init__()
         self.encoder = encoder
         self.image_size = image_size
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.intensity = mean, std, intensity
         self.in_chans = _in_chans(encoder)
         self.embed_dim = int(getattr(encoder, "embed_dim", None) or encoder.num_features)
         blocks = getattr(encoder, "blocks", None)
@@ -78,7 +101,10 @@ class ImageBackbone(Backbone):
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
-        return (x - self.mean) / self.std
+        return normalise(x, self.mean, self.std, self.intensity)
+
+    def preprocessing(self) -> str:
+        return f"{type(self).__name__}:{self.image_size}:{self.mean}:{self.std}:{self.intensity}"
 
     def collate(self, inputs, index):
         return {"image": self.preprocess([inputs["image"][i] for i in index])}
@@ -105,9 +131,14 @@ class SliceBackbone(ImageBackbone):
     from the middle 60 % of the depth, where the anatomy is.
     """
 
-    def __init__(self, encoder: nn.Module, image_size: int, mean=0.5, std=0.25, slices: int = 8):
-        super().__init__(encoder, image_size, mean, std)
+    def __init__(
+        self, encoder: nn.Module, image_size: int, mean=0.5, std=0.25, intensity="encoder", slices: int = 8
+    ):
+        super().__init__(encoder, image_size, mean, std, intensity)
         self.slices = slices
+
+    def preprocessing(self) -> str:
+        return f"{super().preprocessing()}:{self.slices}"
 
     def collate(self, inputs, index):
         stacks = []
@@ -127,11 +158,18 @@ class SliceBackbone(ImageBackbone):
 class VolumeBackbone(Backbone):
     """A 3D encoder (``ViT3d``) over whole volumes resized to its input size."""
 
-    def __init__(self, encoder: nn.Module, size: Sequence[int], mean: float = 0.5, std: float = 0.25):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        size: Sequence[int],
+        mean: float = 0.5,
+        std: float = 0.25,
+        intensity: str = "encoder",
+    ):
         super().__init__()
         self.encoder = encoder
         self.size = tuple(int(s) for s in size)
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.intensity = mean, std, intensity
         self.embed_dim = int(encoder.embed_dim)
         self.num_layers = len(encoder.blocks) + 1
         self.in_chans = _in_chans(encoder)
@@ -142,7 +180,10 @@ class VolumeBackbone(Backbone):
             volume = torch.as_tensor(np.asarray(inputs["volume"][i]), dtype=torch.float32)
             volume = F.interpolate(volume[None], size=self.size, mode="trilinear")[0]
             volumes.append(match_volume_channels(volume, self.in_chans))
-        return {"volume": (torch.stack(volumes) - self.mean) / self.std}
+        return {"volume": normalise(torch.stack(volumes), self.mean, self.std, self.intensity)}
+
+    def preprocessing(self) -> str:
+        return f"{type(self).__name__}:{self.size}:{self.mean}:{self.std}:{self.intensity}"
 
     def forward(self, batch):
         return self.encoder(batch["volume"])

@@ -83,9 +83,16 @@ def image_channels(data: TaskData) -> int:
 
 
 def build_backbone(
-    source: EncoderSource, data: TaskData, *, pretrained: bool, image_size: int = 0
+    source: EncoderSource,
+    data: TaskData,
+    *,
+    pretrained: bool,
+    image_size: int = 0,
+    intensity: str = "encoder",
 ) -> Backbone:
-    """The backbone for an image, VQA or volume task; a clear error when the encoder does not fit."""
+    """The backbone for an image, VQA or volume task; a clear error when the encoder does not fit.
+
+    ``intensity`` is how images are normalised (see ``backbones.normalise``)."""
     kind = data.info.kind
     if kind not in ("image", "vqa", "volume"):
         raise ConfigError(f"task {data.name} takes {kind} inputs, which an image encoder cannot read")
@@ -95,8 +102,8 @@ def build_backbone(
     weights = source.path if pretrained and source.path is not None else source.name
     if source.spatial_dims == 3:
         encoder = create_encoder(weights, in_chans=source.in_chans, img_size=source.img_size)
-        return VolumeBackbone(encoder, source.img_size, source.mean, source.std)
+        return VolumeBackbone(encoder, source.img_size, source.mean, source.std, intensity)
     size = image_size or (source.img_size if isinstance(source.img_size, int) else source.img_size[0])
     encoder = create_encoder(weights, in_chans=source.in_chans, img_size=size)
     backbone_cls = SliceBackbone if kind == "volume" else ImageBackbone
-    return backbone_cls(encoder, size, source.mean, source.std)
+    return backbone_cls(encoder, size, source.mean, source.std, intensity)

@@ -20,21 +20,28 @@ ALL = "all"
 
 
 def score(
-    pred: Predictions, modality: str, *, n_boot: int = 1000, seed: int = 0, min_subgroup: int = 20
+    pred: Predictions,
+    modality: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_subgroup: int = 20,
+    whole_set: str = TEST_SET,
 ) -> list[dict]:
     """Rows for every metric with 95 % subject-level bootstrap intervals.
 
-    Eval set ``"test"`` is every example (subgroup ``"all"``); each flag of ``pred.flags`` is an eval set
+    Eval set ``whole_set`` (``"test"``, or ``"val"`` for validation predictions) is every example
+    (subgroup ``"all"``); each flag of ``pred.flags`` is an eval set
     of the examples where it is True (skipped when there are none); each value of each group column with
     at least ``min_subgroup`` examples is a subgroup ``"<column>=<value>"`` of the test set.
     """
-    subsets = [(TEST_SET, ALL, np.ones(len(pred.y), dtype=bool))]
+    subsets = [(whole_set, ALL, np.ones(len(pred.y), dtype=bool))]
     subsets += [(name, ALL, np.asarray(flag, dtype=bool)) for name, flag in pred.flags.items()]
     for column, values in pred.groups.items():
         values = np.asarray(values).astype(str)  # as saved predictions hold them; None becomes "None"
         kinds, counts = np.unique(values, return_counts=True)
         subsets += [
-            (TEST_SET, f"{column}={kind}", values == kind)
+            (whole_set, f"{column}={kind}", values == kind)
             for kind, count in zip(kinds, counts)
             if count >= min_subgroup
         ]

@@ -12,12 +12,13 @@ Output folder: ``config.yaml``, ``metrics.jsonl`` (one line per model and protoc
 
 from __future__ import annotations
 
-import multiprocessing
+import hashlib
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 
 from medfm.engine.distributed import pick_device
 from medfm.errors import ConfigError
-from medfm.evaluate.backbones import Backbone, ImageBackbone, resnet18
+from medfm.evaluate.backbones import INTENSITIES, Backbone, ImageBackbone, resnet18
 from medfm.evaluate.bootstrap import paired_bootstrap
 from medfm.evaluate.classical import CLASSICAL, fit_predict
 from medfm.evaluate.encoders import EncoderSource, build_backbone, resolve_encoder
@@ -36,12 +37,15 @@ from medfm.evaluate.predictions import RESULT_COLUMNS, Predictions
 from medfm.evaluate.protocols.fewshot import FewShotConfig, few_shot
 from medfm.evaluate.protocols.finetune import FinetuneConfig, finetune
 from medfm.evaluate.protocols.knn import KnnConfig, knn_predict
-from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, linear_probe
+from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, predict_probe, select_probe
 from medfm.evaluate.report import COMPARISON_COLUMNS, write_report
 from medfm.evaluate.scoring import score, score_draws
+from medfm.evaluate.subsample import TrainSubsample, limit_examples, train_rows
 from medfm.evaluate.tasks import TASKS, TaskData, TaskInfo
-from medfm.evaluate.tasks.base import PROTOCOLS, check_splits
+from medfm.evaluate.tasks.base import PROTOCOLS
+from medfm.executors import make_executor
 from medfm.log import get_logger
+from medfm.measure import count_parameters, flops_per_example
 from medfm.runs import Run
 
 log = get_logger("evaluate")
@@ -82,8 +86,13 @@ class EvalConfig:
     image_size: int = 0  # 0: the size the encoder was pretrained at
     batch_size: int = 128  # feature extraction
     limit: int = 0  # keep a random subset of about this many examples per task (0: all); for smoke runs
+    train_subsample: TrainSubsample = field(default_factory=TrainSubsample)  # learn from fewer subjects
+    intensity: str = "encoder"  # image normalisation: the encoder's statistics, or per_image
     n_boot: int = 1000
     seed: int = 0
+    random_init_seed: int = -1  # the random twin's weights (-1: ``seed``)
+    score_val: bool = False  # also score validation predictions (linear probe, kNN): PCS prediction checks
+    report: bool = True  # the HTML / Markdown report and figures (else only the tables)
     device: str = "auto"
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
@@ -97,9 +106,12 @@ class EvalConfig:
     timeseries: FinetuneConfig = field(  # the ECG and ICU encoders trained from scratch (small, fast)
         default_factory=lambda: FinetuneConfig(lr=1e-3, layer_decay=1.0, max_steps=200)
     )
-    workers: int = 2  # processes that compute bootstrap intervals
+    workers: int = 2  # processes that compute bootstrap intervals (0: this process)
 
     def check(self) -> EvalConfig:
+        self.train_subsample.check()
+        if self.intensity not in INTENSITIES:
+            raise ConfigError(f"intensity must be one of {INTENSITIES}, got {self.intensity!r}")
         for name, values, known in (
             (
                 "protocols",
@@ -163,10 +175,15 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         raise ConfigError(f"task {data.name} needs an image encoder: pass a bundle or an encoder name")
     size = config.image_size
 
+    random_seed = config.seed if config.random_init_seed < 0 else config.random_init_seed
+
     def encoder(pretrained: bool) -> Callable[[], Backbone]:
         def make() -> Backbone:
-            torch.manual_seed(config.seed)  # the same random weights for every task (features are cached)
-            return build_backbone(source, data, pretrained=pretrained, image_size=size)
+            # the same random weights for every task (features are cached)
+            torch.manual_seed(config.seed if pretrained else random_seed)
+            return build_backbone(
+                source, data, pretrained=pretrained, image_size=size, intensity=config.intensity
+            )
 
         return make
 
@@ -176,7 +193,10 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         models.append(Model(source.random_label, encoder(False), frozen))
     if "scratch" in config.baselines and "finetune" in wanted and data.info.kind == "image":
         side = size or (source.img_size if isinstance(source.img_size, int) else 224)
-        make = lambda: ImageBackbone(resnet18(source.in_chans), side, source.mean, source.std)  # noqa: E731
+
+        def make() -> Backbone:
+            return ImageBackbone(resnet18(source.in_chans), side, source.mean, source.std, config.intensity)
+
         models.append(Model("resnet18 (scratch)", make, ("finetune",), config.scratch))
     return models
 
@@ -198,7 +218,19 @@ def predictions_for(test: TaskData, model: str, protocol: str, prob: np.ndarray,
     )
 
 
-def frozen_features(backbone: Backbone, parts: dict[str, TaskData], config, device, label, cache) -> dict:
+def validation(val: TaskData, model: str, protocol: str, prob: np.ndarray) -> Predictions:
+    """Validation predictions, scored on the whole split only (no eval sets or subgroups)."""
+    return replace(predictions_for(val, model, protocol, prob), groups={}, flags={})
+
+
+def frozen_features(
+    backbone: Backbone, parts: dict[str, TaskData], rows: np.ndarray, config, device, label, cache
+) -> dict[str, np.ndarray]:
+    """Features of every example of each part, the training part then cut to ``rows`` (its subsample).
+
+    Every part is encoded whole and in the same batches whatever the subsample, so a feature does not
+    depend on which other examples a run happens to use: reruns reproduce it bit for bit.
+    """
     features = {
         name: extract_features(
             backbone,
@@ -210,38 +242,62 @@ def frozen_features(backbone: Backbone, parts: dict[str, TaskData], config, devi
         )
         for name, part in parts.items()
     }
+    features["train"] = features["train"][rows]
     if parts["train"].info.kind == "vqa":  # the question is half of the input: TF-IDF beside the image
         from medfm.evaluate.classical.text import QuestionFeatures
 
-        questions = QuestionFeatures().fit(parts["train"].inputs["question"])
-        features = {
-            name: np.hstack([x, questions.transform(parts[name].inputs["question"])])
-            for name, x in features.items()
-        }
+        train_questions = [parts["train"].inputs["question"][i] for i in rows]
+        questions = QuestionFeatures().fit(train_questions)
+        features["train"] = np.hstack([features["train"], questions.transform(train_questions)])
+        for name in ("val", "test"):
+            features[name] = np.hstack([features[name], questions.transform(parts[name].inputs["question"])])
     return features
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's parameters and buffers (which random or pretrained weights it holds)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class EvalMemo:
+    """What runs of one process can share: loaded tasks, and frozen features keyed by the backbone's
+    weights and preprocessing (so a grid of runs encodes each distinct backbone once)."""
+
+    tasks: dict[str, TaskData] = field(default_factory=dict)
+    features: dict[tuple, dict[bytes, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
+    encoding: dict[tuple, dict[str, float]] = field(default_factory=dict)  # first encoding's time and count
 
 
 class Evaluation:
     """Runs the plan of one config and collects predictions, timings and fit details."""
 
-    def __init__(self, config: EvalConfig, run: Run, out: Path):
+    def __init__(self, config: EvalConfig, run: Run, out: Path, memo: EvalMemo | None = None):
         self.config = config
         self.run = run
         self.out = out
         self.device = pick_device(config.device)
         self.predictions: list[Predictions] = []
+        self.val_predictions: list[Predictions] = []
         self.draws: dict[tuple[str, str, str], list[Predictions]] = defaultdict(list)
-        self.caches: dict[tuple[str, str, str], dict[bytes, np.ndarray]] = defaultdict(dict)
+        self.memo = memo or EvalMemo()
         self.source = resolve_encoder(config.encoder) if config.encoder else None
         self.infos: dict[str, TaskInfo] = {}  # as loaded: a folder task's modality is the user's
 
-    def record(self, pred: Predictions, seconds: float, **details: Any) -> None:
-        folder = self.out / "predictions" / pred.task
+    def record(self, pred: Predictions, seconds: float, split: str = "test", **details: Any) -> None:
+        folder = self.out / "predictions" / pred.task / ("" if split == "test" else split)
         folder.mkdir(parents=True, exist_ok=True)
         name = "-".join(p for p in (pred.model, pred.protocol, pred.setting) if p)
         draw = details.get("draw")
         name += f"-draw{draw}" if draw is not None else ""
         pred.save(folder / (safe_name(name) + ".npz"))
+        if split != "test":
+            self.val_predictions.append(pred)
+            return
         if pred.protocol == "fewshot":
             self.draws[(pred.task, pred.model, pred.setting)].append(pred)
         else:
@@ -255,43 +311,90 @@ class Evaluation:
             **details,
         )
 
+    def load(self, name: str) -> TaskData:
+        options = self.config.task_options.get(name, {})
+        key = f"{name}:{json.dumps(options, sort_keys=True, default=str)}"
+        if key not in self.memo.tasks:
+            self.memo.tasks[key] = TASKS.get(name)(**options).load()
+        return self.memo.tasks[key]
+
+    def features(self, backbone: Backbone, data: TaskData, parts, rows, label: str) -> dict[str, np.ndarray]:
+        """Frozen features through the memo, with the cost of encoding logged beside them."""
+        start = time.time()
+        # tasks of one source share images (the two pneumonia splits), unless the backbone's preprocessing
+        # is fitted to each task's training data (ICU series)
+        fitted = type(backbone).fit is not Backbone.fit
+        subsample = json.dumps(vars(self.config.train_subsample), sort_keys=True) if fitted else ""
+        key = (
+            weights_digest(backbone),
+            backbone.preprocessing(),
+            data.info.source,
+            data.name if fitted else "",
+            subsample,
+        )
+        cache = self.memo.features[key]
+        before = len(cache)
+        x = frozen_features(backbone, parts, rows, self.config, self.device, f"{data.name} {label}", cache)
+        seconds = time.time() - start
+        if len(cache) > before and key not in self.memo.encoding:
+            encoded = len(cache) - before
+            self.memo.encoding[key] = {"encoded": encoded, "encode_seconds": round(seconds, 3)}
+        encoding = self.memo.encoding.get(key, {})
+        first = next(iter(parts["train"].inputs.values()))
+        self.run.log(
+            task=data.name,
+            model=label,
+            event="backbone",
+            parameters=count_parameters(backbone),
+            flops_per_example=flops_per_example(
+                lambda: backbone(backbone.collate(parts["train"].inputs, [0])), batch_size=1
+            )
+            if len(first)
+            else None,
+            features_cached=len(cache) == before,
+            throughput=round(encoding["encoded"] / max(encoding["encode_seconds"], 1e-9), 2)
+            if encoding
+            else None,
+            **encoding,
+        )
+        log.info("%s / %s: features in %.1f s", data.name, label, seconds)
+        return x
+
     def task(self, name: str) -> None:
-        data = TASKS.get(name)(**self.config.task_options.get(name, {})).load()
+        data = self.load(name)
         self.infos[name] = data.info
         if self.config.limit and len(data) > self.config.limit:
-            data = subsample(data, self.config.limit, self.config.seed)
+            data = limit_examples(data, self.config.limit, self.config.seed)
         parts = {s: data.part(s) for s in ("train", "val", "test")}
-        train, val, test = parts["train"], parts["val"], parts["test"]
+        rows = train_rows(parts["train"], self.config.train_subsample, self.config.seed)
+        train, val, test = parts["train"].select(rows), parts["val"], parts["test"]
         outputs, multilabel = data.num_outputs, data.info.multilabel
+        score_val = self.config.score_val and len(val) > 0
         for model in plan_models(data, self.source, self.config):
             backbone = model.make()
             backbone.fit(train.inputs)
             frozen = [p for p in model.protocols if p in FROZEN]
             if frozen:
-                start = time.time()
-                # tasks of one source share images (the two pneumonia splits), unless the backbone's
-                # preprocessing is fitted to each task's training split (ICU series)
-                fitted = type(backbone).fit is not Backbone.fit
-                cache = self.caches[(model.label, data.info.source, data.name if fitted else "")]
-                x = frozen_features(backbone, parts, self.config, self.device, f"{name} {model.label}", cache)
-                log.info("%s / %s: features in %.1f s", name, model.label, time.time() - start)
+                x = self.features(backbone, data, parts, rows, model.label)
             if "linear_probe" in frozen:
                 start = time.time()
-                prob, fit = linear_probe(
-                    (x["train"], train.y),
-                    (x["val"], val.y),
-                    x["test"],
-                    outputs,
-                    multilabel,
-                    self.config.linear_probe,
+                probe, fit = select_probe(
+                    (x["train"], train.y), (x["val"], val.y), outputs, multilabel, self.config.linear_probe
                 )
+                prob = predict_probe(probe, x["test"], multilabel)
                 self.record(
                     predictions_for(test, model.label, "linear_probe", prob), time.time() - start, **fit
                 )
+                if score_val:
+                    prob = predict_probe(probe, x["val"], multilabel)
+                    self.record(validation(val, model.label, "linear_probe", prob), 0.0, split="val")
             if "knn" in frozen:
                 start = time.time()
                 prob = knn_predict(x["train"], train.y, x["test"], outputs, multilabel, self.config.knn)
                 self.record(predictions_for(test, model.label, "knn", prob), time.time() - start)
+                if score_val:
+                    prob = knn_predict(x["train"], train.y, x["val"], outputs, multilabel, self.config.knn)
+                    self.record(validation(val, model.label, "knn", prob), 0.0, split="val")
             if "fewshot" in frozen:
                 start = time.time()
                 for k, draw, prob in few_shot(
@@ -331,6 +434,17 @@ class Evaluation:
                 seed=self.config.seed,
             )
             for pred in self.predictions
+        ]
+        jobs += [
+            pool.submit(
+                score,
+                pred,
+                self.infos[pred.task].modality,
+                n_boot=self.config.n_boot,
+                seed=self.config.seed,
+                whole_set="val",
+            )
+            for pred in self.val_predictions
         ]
         rows = [row for job in jobs for row in job.result()]
         for (task, _, _), draws in self.draws.items():
@@ -382,31 +496,20 @@ class Evaluation:
         return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
-def subsample(data: TaskData, size: int, seed: int) -> TaskData:
-    """About ``size`` examples drawn at random, each split shrunk by the same factor (at least 2 kept)."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for part in ("train", "val", "test"):
-        index = np.flatnonzero(data.split == part)
-        share = max(2, round(len(index) * size / len(data))) if len(index) else 0
-        keep.append(rng.choice(index, size=min(share, len(index)), replace=False))
-    subset = data.select(np.sort(np.concatenate(keep)))
-    check_splits(subset)
-    log.info("task %s: a random %d of %d examples (limit=%d)", data.name, len(subset), len(data), size)
-    return subset
-
-
 def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text).strip("_")
 
 
-def run_eval(config: EvalConfig) -> dict[str, Path]:
-    """Evaluate, score and report; return the paths of the report files."""
+def run_eval(config: EvalConfig, memo: EvalMemo | None = None) -> dict[str, Path]:
+    """Evaluate, score and report; return the paths of the files written.
+
+    ``memo`` carries loaded tasks and frozen features from earlier runs of this process (grids of runs).
+    """
     config.check()
     out = Path(config.output)
-    run = Run.create(out, config, seeds={"seed": config.seed})
+    run = Run.create(out, config, seeds={"seed": config.seed, "random_init_seed": config.random_init_seed})
     torch.manual_seed(config.seed)
-    evaluation = Evaluation(config, run, out)
+    evaluation = Evaluation(config, run, out, memo)
     started = time.time()
     for name in config.tasks:
         log.info("task %s", name)
@@ -414,10 +517,14 @@ def run_eval(config: EvalConfig) -> dict[str, Path]:
     log.info(
         "scoring: %d predictions, %d bootstrap resamples each", len(evaluation.predictions), config.n_boot
     )
-    with ProcessPoolExecutor(max(1, config.workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with make_executor(config.workers) as pool:
         rows = evaluation.rows(pool)
         comparisons = evaluation.comparisons(pool)
     comparisons.to_csv(out / "comparisons.csv", index=False)
+    if not config.report:
+        rows.to_csv(out / "results.csv", index=False)
+        run.finish(tasks=config.tasks, seconds=round(time.time() - started, 1), rows=len(rows))
+        return {"results.csv": out / "results.csv", "comparisons.csv": out / "comparisons.csv"}
     notes = [
         f"Encoder: {evaluation.source.label if evaluation.source else 'none (registered baselines only)'}"
         + (f" ({evaluation.source.path})" if evaluation.source and evaluation.source.path else ""),

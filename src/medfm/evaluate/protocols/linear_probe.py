@@ -70,15 +70,15 @@ def predict_probe(model: nn.Module, x: np.ndarray, multilabel: bool) -> np.ndarr
     return probabilities(model(torch.as_tensor(x, dtype=torch.float32)), multilabel)
 
 
-def linear_probe(
+def select_probe(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
-    test_x: np.ndarray,
     outputs: int,
     multilabel: bool,
     config: LinearProbeConfig,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Test probabilities and the chosen penalty (``l2``, with its ``val_loss``)."""
+) -> tuple[nn.Module, dict[str, float]]:
+    """The probe refitted with the penalty of lowest validation loss, and that choice (``l2``,
+    ``val_loss``)."""
     grid = sorted(config.l2)
     chosen, best = grid[len(grid) // 2], float("nan")
     if len(val[0]) > 0 and len(grid) > 1:
@@ -91,4 +91,17 @@ def linear_probe(
         chosen = min(losses, key=losses.get)
         best = losses[chosen]
     model = fit_probe(*train, outputs, multilabel, chosen, config.max_iter)
-    return predict_probe(model, test_x, multilabel), {"l2": chosen, "val_loss": best}
+    return model, {"l2": chosen, "val_loss": best}
+
+
+def linear_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test_x: np.ndarray,
+    outputs: int,
+    multilabel: bool,
+    config: LinearProbeConfig,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Test probabilities and the chosen penalty (``l2``, with its ``val_loss``)."""
+    model, fit = select_probe(train, val, outputs, multilabel, config)
+    return predict_probe(model, test_x, multilabel), fit
