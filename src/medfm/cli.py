@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Medical data: sources, corpus building, data cards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pcs_app = typer.Typer(
+    help="Veridical (PCS) analysis: run a stage under a grid of judgment calls; reproduce a row.",
+    no_args_is_help=True,
+)
+app.add_typer(pcs_app, name="pcs")
 
 QUICKSTART_BUNDLE = "runs/quickstart/pretrain/bundle"
 
@@ -246,6 +251,51 @@ def bench(
     console.print(
         f"[bold green]results:[/] {paths['results.md']}  [bold green]report:[/] {paths['report.html']}"
     )
+
+
+@pcs_app.command("run")
+@friendly_errors
+def pcs_run(
+    grid: Annotated[Path, typer.Option("--grid", "-g", help="grid YAML (see configs/pcs/)")],
+    rerun: Annotated[bool, typer.Option(help="run every cell again, even those already done")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Run every cell of a grid (resuming a stopped one), then write the tables and the PCS report."""
+    from medfm.pcs.grid import load_grid
+    from medfm.pcs.runner import run_grid
+
+    paths = run_grid(load_grid(grid, overrides or []), rerun=rerun)
+    console.print(f"[bold green]PCS report:[/] {paths['report.html']}  ({paths['pcs.md']})")
+
+
+@pcs_app.command("reproduce")
+@friendly_errors
+def pcs_reproduce(
+    run: Annotated[Path, typer.Argument(help="a folder written by `medfm pcs run`")],
+    cell: Annotated[str | None, typer.Option(help="a cell id (c00, c01, ...)")] = None,
+    row: Annotated[int | None, typer.Option(help="a row number of results.csv (0 is the first)")] = None,
+) -> None:
+    """Run one cell of a finished grid again and check that its rows match exactly (exit 1 if not)."""
+    from medfm.pcs.reproduce import reproduce
+
+    result = reproduce(run, cell=cell, row=row)
+    for change in result.environment:
+        console.print(f"[yellow]changed since the grid ran:[/] {change}")
+    checked = len(result.compared)
+    if result.matches:
+        console.print(
+            f"[bold green]reproduced:[/] cell {result.cell} {result.choices}, {checked} row(s) identical"
+        )
+        return
+    table = Table(*map(str, result.mismatches.columns))
+    for values in result.mismatches.itertuples(index=False):
+        table.add_row(*map(str, values))
+    console.print(table)
+    console.print(
+        f"[bold red]not reproduced:[/] {len(result.mismatches)} of {checked} row(s) "
+        f"of cell {result.cell} differ"
+    )
+    raise typer.Exit(1)
 
 
 @app.command("tasks")

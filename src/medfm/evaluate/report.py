@@ -60,7 +60,7 @@ _KEY_COLUMNS = ("task", "model", "protocol", "setting", "eval_set", "subgroup", 
 _TEXT_COLUMNS = ("task", "modality", "model", "protocol", "setting", "eval_set", "subgroup", "metric")
 _RUN_COLUMNS = ["protocol", "model", "setting"]
 _LINE_STYLES = ("-", "--", "-.", ":")
-_CSS = """
+REPORT_CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.4; }
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
@@ -495,18 +495,18 @@ def _markdown_report(
         if section.modality:
             lines += [f"Modality: {section.modality}", ""]
         if not section.main.empty:
-            lines += ["### Test set, all subjects", "", _markdown_table(section.main), ""]
+            lines += ["### Test set, all subjects", "", markdown_table(section.main), ""]
         for heading, table in section.extra:
-            lines += [f"### {heading}", "", _markdown_table(table), ""]
+            lines += [f"### {heading}", "", markdown_table(table), ""]
         for name, path in section.figures.items():
             caption = "AUROC per model" if name == "bars" else "ROC curves"
             lines += [f"![{caption}]({path.relative_to(out).as_posix()})", ""]
     if not comparisons.empty:
-        lines += ["## Paired comparisons", "", _markdown_table(comparisons), ""]
+        lines += ["## Paired comparisons", "", markdown_table(comparisons), ""]
     return "\n".join(lines)
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     def cell(value) -> str:
         return str(value).replace("|", "\\|")
 
@@ -526,7 +526,7 @@ def _html_report(
     esc = html.escape
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
-        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>",
+        f"<title>{esc(title)}</title>\n<style>{REPORT_CSS}</style>\n</head>\n<body>",
         f"<h1>{esc(title)}</h1>",
     ]
     if notes:
@@ -537,32 +537,32 @@ def _html_report(
         + "</ul></nav>"
     )
     if overview:
-        parts += ["<h2>Overview</h2>", _html_image(overview, "AUROC per task and model (heatmap)")]
+        parts += ["<h2>Overview</h2>", html_image(overview, "AUROC per task and model (heatmap)")]
     if not comparisons.empty:
-        parts += ["<h2>Paired comparisons</h2>", _html_table(comparisons)]
+        parts += ["<h2>Paired comparisons</h2>", html_table(comparisons)]
     for section in sections:
         parts.append(f'<section id="task-{esc(section.slug)}">\n<h2>{esc(section.task)}</h2>')
         if section.modality:
             parts.append(f'<p class="modality">Modality: {esc(section.modality)}</p>')
         if not section.main.empty:
-            parts += ["<h3>Test set, all subjects</h3>", _html_table(section.main)]
+            parts += ["<h3>Test set, all subjects</h3>", html_table(section.main)]
         images = [
-            _html_image(path, f"{'AUROC per model' if name == 'bars' else 'ROC curves'}: {section.task}")
+            html_image(path, f"{'AUROC per model' if name == 'bars' else 'ROC curves'}: {section.task}")
             for name, path in section.figures.items()
         ]
         if images:
             parts.append('<div class="figures">' + "".join(images) + "</div>")
         for heading, table in section.extra:
-            parts += [f"<h3>{esc(heading)}</h3>", _html_table(table)]
+            parts += [f"<h3>{esc(heading)}</h3>", html_table(table)]
         parts.append("</section>")
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
 
 
-def _html_table(frame: pd.DataFrame) -> str:
+def html_table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, border=0, na_rep=MISSING)
 
 
-def _html_image(path: Path, alt: str) -> str:
+def html_image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'

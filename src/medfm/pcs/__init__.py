@@ -1,0 +1,1 @@
+"""Veridical (PCS) layer: perturbation grids, stability, computability and reproducibility."""
