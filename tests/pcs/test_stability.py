@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,3 +267,19 @@ def test_ranking_needs_cells_that_identify_each_number(contest):
         rank_stability(contest, [])  # without the seed axis every seed lands in one cell
     with pytest.raises(ValueError, match="'metric' is not in"):
         pairwise_wins(contest, ["seed"], within=("task", "split"))
+
+
+def test_perturbation_stats_equal_vflows_on_a_real_grid():
+    """The expected table was written by vflow 1.0.0's own ``perturbation_stats`` on the same fixture
+    (linear-probe AUROCs of a 30-cell pneumonia grid; ``fixtures/make_vflow_expectation.py``)."""
+    fixtures = Path(__file__).parent / "fixtures"
+    table = pd.read_csv(fixtures / "probe_auroc_grid.csv")
+    expected = pd.read_csv(fixtures / "vflow_perturbation_stats.csv", dtype=str)
+    for grouping, rows in expected.groupby("group_by", sort=False):
+        group_by = () if grouping == "none" else tuple(grouping.split("+"))
+        ours = perturbation_stats(table, *group_by, wrt="auroc")
+        assert list(ours.columns) == [*(group_by or ("index",)), "count", "mean", "std"]
+        for column in group_by:
+            assert ours[column].astype(str).tolist() == rows[column].tolist()
+        for column in ("count", "mean", "std"):
+            np.testing.assert_allclose(ours[column].to_numpy(float), rows[column].to_numpy(float), rtol=1e-12)
