@@ -272,6 +272,12 @@ class EvalMemo:
     features: dict[tuple, dict[bytes, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     encoding: dict[tuple, dict[str, float]] = field(default_factory=dict)  # first encoding's time and count
 
+    def task(self, name: str, options: dict[str, Any]) -> TaskData:
+        key = f"{name}:{json.dumps(options, sort_keys=True, default=str)}"
+        if key not in self.tasks:
+            self.tasks[key] = TASKS.get(name)(**options).load()
+        return self.tasks[key]
+
 
 class Evaluation:
     """Runs the plan of one config and collects predictions, timings and fit details."""
@@ -310,13 +316,6 @@ class Evaluation:
             seconds=round(seconds, 2),
             **details,
         )
-
-    def load(self, name: str) -> TaskData:
-        options = self.config.task_options.get(name, {})
-        key = f"{name}:{json.dumps(options, sort_keys=True, default=str)}"
-        if key not in self.memo.tasks:
-            self.memo.tasks[key] = TASKS.get(name)(**options).load()
-        return self.memo.tasks[key]
 
     def features(self, backbone: Backbone, data: TaskData, parts, rows, label: str) -> dict[str, np.ndarray]:
         """Frozen features through the memo, with the cost of encoding logged beside them."""
@@ -361,7 +360,7 @@ class Evaluation:
         return x
 
     def task(self, name: str) -> None:
-        data = self.load(name)
+        data = self.memo.task(name, self.config.task_options.get(name, {}))
         self.infos[name] = data.info
         if self.config.limit and len(data) > self.config.limit:
             data = limit_examples(data, self.config.limit, self.config.seed)

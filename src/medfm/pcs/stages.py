@@ -118,9 +118,8 @@ def eval_cards(config) -> dict[str, str]:
     memo = _eval_memo()
     data_lines = []
     for name in config.tasks:
-        task = TASKS.get(name)(**config.task_options.get(name, {}))
-        key = next((k for k in memo.tasks if k.split(":", 1)[0] == name), None)
-        data = memo.tasks[key] if key else task.load()
+        options = config.task_options.get(name, {})
+        task, data = TASKS.get(name)(**options), memo.task(name, options)
         data_lines += [f"### {name}", "", f"{data.info.description}", ""]
         split = data.info.split
         if split == "subject":
