@@ -25,6 +25,19 @@ def test_image_backbone_matches_channels_resizes_and_normalises():
     assert backbone(batch).shape == (2, 32)
 
 
+def test_per_image_intensity_standardises_each_image_and_changes_the_cache_key():
+    encoder = create_encoder("test_vit", in_chans=1, img_size=32)
+    fixed, own = ImageBackbone(encoder, 32), ImageBackbone(encoder, 32, intensity="per_image")
+    dark = np.random.default_rng(0).integers(0, 60, (1, 32, 32)).astype(np.uint8)
+    bright = dark + 150  # the same picture, exposed differently
+    batch = own.collate({"image": [dark, bright]}, [0, 1])["image"]
+    assert torch.allclose(batch.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(batch.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-4)
+    assert torch.allclose(batch[0], batch[1], atol=1e-5)  # the offset is gone
+    assert not torch.allclose(*fixed.collate({"image": [dark, bright]}, [0, 1])["image"])
+    assert fixed.preprocessing() != own.preprocessing()
+
+
 def test_layer_ids_follow_the_vit_blocks():
     backbone = ImageBackbone(create_encoder("test_vit"), 32)
     assert backbone.num_layers == 3  # 2 blocks + the final norm
