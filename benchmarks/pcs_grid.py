@@ -31,10 +31,10 @@ from medfm.log import setup_logging
 from medfm.pcs.grid import Grid, GridConfig
 from medfm.pcs.runner import read_rows, run_grid
 from medfm.pcs.stability import UNIT
-from medfm.pcs.stages import STAGES
+from medfm.pcs.stages import STAGES, eval_rows
 
 
-def grid_config(bundle: str, seeds: int, out: Path) -> GridConfig:
+def grid_config(bundle: str, seeds: int, limit: int, out: Path) -> GridConfig:
     return GridConfig(
         name="benchmark",
         output=str(out / "medfm"),
@@ -46,6 +46,7 @@ def grid_config(bundle: str, seeds: int, out: Path) -> GridConfig:
             "baselines": ["random_init"],
             "random_init_seed": 0,
             "n_boot": 100,
+            "limit": limit,
         },
         axes={
             "seed": {"key": "seed", "values": list(range(seeds))},
@@ -63,13 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="runs/pretrain/mae-vit-tiny8-64/bundle")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=1500, help="examples of PneumoniaMNIST (0: all 5,030)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/pcs_grid"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/pcs_grid-cpu.json"))
     args = parser.parse_args()
     setup_logging("WARNING")
     torch.set_num_threads(args.threads)
-    grid = Grid(grid_config(args.bundle, args.seeds, args.out))
+    grid = Grid(grid_config(args.bundle, args.seeds, args.limit, args.out))
 
     start = time.perf_counter()
     reference = []
@@ -77,7 +79,7 @@ def main() -> None:
         config = grid.cell_config(cell)
         config.output = str(args.out / "reference" / cell.id)
         run_eval(config)
-        rows = read_rows(Path(config.output) / "results.csv").assign(cell=cell.id)
+        rows = eval_rows(Path(config.output)).assign(cell=cell.id)
         reference.append(rows)
     reference_seconds = time.perf_counter() - start
 

@@ -159,6 +159,8 @@ def compute_views(compute: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             {
                 "cells": len(cells),
                 "wall time per cell (median s)": _fmt(cells["wall_seconds"].median(), 1),
+                "slowest cell (s)": _fmt(cells["wall_seconds"].max(), 1),
+                "all cells (s)": _fmt(cells["wall_seconds"].sum(), 1),
                 "CPU time per cell (median s)": _fmt(cells["cpu_seconds"].median(), 1),
                 "peak RSS (max MB)": _fmt(cells["peak_rss_mb"].max(), 0),
                 "energy, all cells (Wh)": _fmt(cells["energy_wh"].sum(), 2),

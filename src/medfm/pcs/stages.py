@@ -64,17 +64,24 @@ def _eval_memo():
     return _EVAL_MEMO.setdefault("memo", EvalMemo())
 
 
+def eval_rows(folder: Path) -> pd.DataFrame:
+    """An evaluation's result rows with the split each was scored on (validation rows: eval set "val")."""
+    from medfm.pcs.runner import read_rows
+
+    rows = read_rows(folder / "results.csv")
+    rows["split"] = np.where(rows["eval_set"] == "val", "val", "test")
+    return rows
+
+
 def run_eval_cell(config, folder: Path) -> CellOutput:
     from medfm.evaluate.predictions import Predictions
     from medfm.evaluate.suite import run_eval
-    from medfm.pcs.runner import read_rows
     from medfm.runs import read_metrics
 
     config = copy.deepcopy(config)
     config.output = str(folder)
     run_eval(config, memo=_eval_memo())
-    rows = read_rows(folder / "results.csv")
-    rows["split"] = np.where(rows["eval_set"] == "val", "val", "test")
+    rows = eval_rows(folder)
     predictions = []
     for path in sorted((folder / "predictions").glob("*/*.npz")):  # test predictions (val sit deeper)
         pred = Predictions.load(path)
