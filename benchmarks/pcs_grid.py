@@ -34,11 +34,12 @@ from medfm.pcs.stability import UNIT
 from medfm.pcs.stages import STAGES, eval_rows
 
 
-def grid_config(bundle: str, seeds: int, limit: int, out: Path) -> GridConfig:
+def grid_config(bundle: str, seeds: int, limit: int, threads: int, out: Path) -> GridConfig:
     return GridConfig(
         name="benchmark",
         output=str(out / "medfm"),
         workers=0,
+        threads=threads,  # as the reference: the thread count moves results in the last bits
         base={
             "encoder": bundle,
             "tasks": ["pneumoniamnist"],
@@ -71,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging("WARNING")
     torch.set_num_threads(args.threads)
-    grid = Grid(grid_config(args.bundle, args.seeds, args.limit, args.out))
+    grid = Grid(grid_config(args.bundle, args.seeds, args.limit, args.threads, args.out))
 
     start = time.perf_counter()
     reference = []

@@ -77,11 +77,17 @@ def test_suite_runs_every_protocol_and_baseline_and_writes_the_report(tmp_path, 
     assert saved.prob.shape[1] == 2 and len(saved.y) == probe.n.iloc[0]
 
 
-def test_limit_keeps_every_split(tmp_path, image_folder, bundle):
-    config = folder_config(tmp_path, image_folder, bundle, limit=60, protocols=["knn"], baselines=[])
-    run_eval(config)
-    rows = pd.read_csv(tmp_path / "eval" / "results.csv")
-    assert 2 <= rows.n.max() < 13  # a random half of the 13 test examples
+def test_limit_keeps_every_split_and_the_same_examples_for_every_seed(tmp_path, image_folder, bundle):
+    tested = []
+    for seed in (0, 1):
+        config = folder_config(tmp_path, image_folder, bundle, limit=60, protocols=["knn"], baselines=[])
+        config.seed, config.output = seed, str(tmp_path / f"seed{seed}")
+        run_eval(config)
+        rows = pd.read_csv(tmp_path / f"seed{seed}" / "results.csv")
+        assert 2 <= rows.n.max() < 13  # a random half of the 13 test examples
+        prediction = next((tmp_path / f"seed{seed}" / "predictions").rglob("*.npz"))
+        tested.append(sorted(Predictions.load(prediction).sample_ids))
+    assert tested[0] == tested[1]  # seeds perturb training, never which examples are tested
 
 
 def test_unknown_protocol_or_task_is_a_config_error(tmp_path, image_folder, bundle):

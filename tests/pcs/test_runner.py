@@ -91,22 +91,17 @@ def test_grid_writes_a_tidy_table_summaries_and_the_report(finished):
         assert set(group["passed"]) == {bool(val.loc[(cell, model, protocol), "value"] >= 0.8)}
     assert results["passed"].any() and not results["passed"].all()  # the check kept some runs, not all
 
-    stability = pd.read_csv(out / "stability.csv", keep_default_na=False)
-    probe = stability[
-        (stability.model == "tiny-mae")
-        & (stability.protocol == "linear_probe")
-        & (stability.metric == "auroc")
-        & (stability.split == "test")
-        & (stability.eval_set == "test")
-    ]
-    kept = results[
-        (results.model == "tiny-mae")
-        & (results.protocol == "linear_probe")
-        & (results.metric == "auroc")
-        & (results.split == "test")
-        & (results.eval_set == "test")
-        & results.passed
-    ]
+    def probe_auroc_on_test(table):
+        return table[
+            (table.model == "tiny-mae")
+            & (table.protocol == "linear_probe")
+            & (table.metric == "auroc")
+            & (table.split == "test")
+            & (table.eval_set == "test")
+        ]
+
+    probe = probe_auroc_on_test(pd.read_csv(out / "stability.csv", keep_default_na=False))
+    kept = probe_auroc_on_test(results[results.passed])
     assert probe["cells"].item() == len(kept)
     assert probe["mean"].item() == pytest.approx(kept["value"].mean())
     assert probe["top_axis"].item() in {"seed", "train_data", "resolution"}

@@ -85,7 +85,7 @@ class EvalConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     image_size: int = 0  # 0: the size the encoder was pretrained at
     batch_size: int = 128  # feature extraction
-    limit: int = 0  # keep a random subset of about this many examples per task (0: all); for smoke runs
+    limit: int = 0  # a fixed random subset of about this many examples per task (0: all); for smoke runs
     train_subsample: TrainSubsample = field(default_factory=TrainSubsample)  # learn from fewer subjects
     intensity: str = "encoder"  # image normalisation: the encoder's statistics, or per_image
     n_boot: int = 1000
@@ -363,7 +363,8 @@ class Evaluation:
         data = self.memo.task(name, self.config.task_options.get(name, {}))
         self.infos[name] = data.info
         if self.config.limit and len(data) > self.config.limit:
-            data = limit_examples(data, self.config.limit, self.config.seed)
+            # the same subset whatever the run's seed: seeds perturb training, never the test examples
+            data = limit_examples(data, self.config.limit, seed=0)
         parts = {s: data.part(s) for s in ("train", "val", "test")}
         rows = train_rows(parts["train"], self.config.train_subsample, self.config.seed)
         train, val, test = parts["train"].select(rows), parts["val"], parts["test"]
@@ -424,6 +425,8 @@ class Evaluation:
 
     def rows(self, pool: Executor) -> pd.DataFrame:
         """Every prediction scored (bootstrap intervals computed in ``pool``)."""
+        scored = [(pred, "test") for pred in self.predictions]
+        scored += [(pred, "val") for pred in self.val_predictions]
         jobs = [
             pool.submit(
                 score,
@@ -431,19 +434,9 @@ class Evaluation:
                 self.infos[pred.task].modality,
                 n_boot=self.config.n_boot,
                 seed=self.config.seed,
+                whole_set=split,
             )
-            for pred in self.predictions
-        ]
-        jobs += [
-            pool.submit(
-                score,
-                pred,
-                self.infos[pred.task].modality,
-                n_boot=self.config.n_boot,
-                seed=self.config.seed,
-                whole_set="val",
-            )
-            for pred in self.val_predictions
+            for pred, split in scored
         ]
         rows = [row for job in jobs for row in job.result()]
         for (task, _, _), draws in self.draws.items():
