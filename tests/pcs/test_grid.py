@@ -62,6 +62,18 @@ def test_bad_grids_are_refused_before_any_cell_runs(axes, message):
         eval_grid(axes)
 
 
+def test_a_check_or_report_metric_the_stage_lacks_is_named():
+    axes = {"seed": {"key": "seed", "values": [0, 1]}}
+    with pytest.raises(ConfigError, match="aucroc"):
+        Grid(
+            GridConfig(
+                name="g", base={"encoder": "test_vit"}, axes=axes, check=PredictionCheck(metric="aucroc")
+            )
+        )
+    with pytest.raises(ConfigError, match="sensitivity"):
+        Grid(GridConfig(name="g", base={"encoder": "test_vit"}, axes=axes, report_metrics=["sensitivity"]))
+
+
 def test_unknown_stage_is_named():
     with pytest.raises(ConfigError, match="pretrian"):
         Grid(GridConfig(name="g", stage="pretrian", axes={"s": {"key": "seed", "values": [0, 1]}}))

@@ -143,6 +143,12 @@ class Grid:
         clash = sorted(set(config.axes) & RESERVED)
         if clash:
             raise ConfigError(f"axis names {clash} are results-table columns; rename the axes")
+        named = [config.check.metric] if config.check.metric else []
+        unknown = sorted(set(named + config.report_metrics) - set(self.stage.metrics))
+        if unknown:
+            raise ConfigError(
+                f"stage {config.stage} has no metric(s) {unknown}; it has {list(self.stage.metrics)}"
+            )
         self.config = config
         self.axes = {name: axis_alternatives(name, spec) for name, spec in config.axes.items()}
         owner: dict[str, str] = {}

@@ -170,8 +170,8 @@ def run_cells(grid: Grid, cells: list[Cell], executors: list[Executor] | None = 
         return records
     finally:
         if own:
-            for executor in executors:
-                executor.shutdown()
+            for executor in executors:  # on an interrupt, cells not yet started are dropped
+                executor.shutdown(cancel_futures=True)
 
 
 def passed_units(rows: pd.DataFrame, check: PredictionCheck) -> pd.Series:

@@ -45,6 +45,7 @@ class Stage:
     defaults: dict[str, Any]  # settings every cell of this stage gets before the grid's base
     cards: Callable[[Any], dict[str, str]]  # config -> {"data": Markdown, "model": Markdown}
     inputs: Callable[[Any], dict[str, Path]]  # config -> the data and weights it reads (fingerprinted)
+    metrics: tuple[str, ...]  # the metrics its rows hold (what a check or a report may name)
     # cells of equal affinity share expensive work (run them in one process); "" : nothing shared
     affinity: Callable[[Any], str] = lambda config: ""
     forget: Callable[[], None] = lambda: None  # drop what earlier cells of this process left to reuse
@@ -158,6 +159,7 @@ def eval_cards(config) -> dict[str, str]:
 
 
 def _register_eval() -> None:
+    from medfm.evaluate.metrics import METRICS
     from medfm.evaluate.suite import EvalConfig
 
     STAGES.register(
@@ -171,6 +173,7 @@ def _register_eval() -> None:
             defaults={"report": False, "score_val": True, "workers": 0, "n_boot": 200},
             cards=eval_cards,
             inputs=eval_inputs,
+            metrics=METRICS,
             affinity=eval_affinity,
             forget=_EVAL_MEMO.clear,
         ),
