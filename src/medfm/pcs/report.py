@@ -44,7 +44,7 @@ def _main(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 def predictability(results: pd.DataFrame, stability: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     """Per model: its validation score on the check metric, how many cells passed, test metrics."""
-    check = grid.config.check.metric or grid.config.report_metrics[0]
+    check = grid.config.check.metric or next(iter(grid.config.report_metrics), grid.stage.metrics[0])
     val = _main(results, "val")
     val = val[val["metric"] == check]
     test = _main(stability)
