@@ -319,18 +319,17 @@ class Evaluation:
 
     def features(self, backbone: Backbone, data: TaskData, parts, rows, label: str) -> dict[str, np.ndarray]:
         """Frozen features through the memo, with the cost of encoding logged beside them."""
-        start = time.time()
         # tasks of one source share images (the two pneumonia splits), unless the backbone's preprocessing
-        # is fitted to each task's training data (ICU series)
+        # is fitted to each task's training examples (ICU series): then those examples are part of the key
         fitted = type(backbone).fit is not Backbone.fit
-        subsample = json.dumps(vars(self.config.train_subsample), sort_keys=True) if fitted else ""
         key = (
             weights_digest(backbone),
             backbone.preprocessing(),
             data.info.source,
             data.name if fitted else "",
-            subsample,
+            hashlib.blake2b(rows.tobytes(), digest_size=16).hexdigest() if fitted else "",
         )
+        start = time.time()
         cache = self.memo.features[key]
         before = len(cache)
         x = frozen_features(backbone, parts, rows, self.config, self.device, f"{data.name} {label}", cache)
@@ -339,21 +338,16 @@ class Evaluation:
             encoded = len(cache) - before
             self.memo.encoding[key] = {"encoded": encoded, "encode_seconds": round(seconds, 3)}
         encoding = self.memo.encoding.get(key, {})
-        first = next(iter(parts["train"].inputs.values()))
+        one = {k: v.to(self.device) for k, v in backbone.collate(parts["train"].inputs, [0]).items()}
+        throughput = encoding and round(encoding["encoded"] / max(encoding["encode_seconds"], 1e-9), 2)
         self.run.log(
             task=data.name,
             model=label,
             event="backbone",
             parameters=count_parameters(backbone),
-            flops_per_example=flops_per_example(
-                lambda: backbone(backbone.collate(parts["train"].inputs, [0])), batch_size=1
-            )
-            if len(first)
-            else None,
+            flops_per_example=flops_per_example(lambda: backbone(one), batch_size=1),
             features_cached=len(cache) == before,
-            throughput=round(encoding["encoded"] / max(encoding["encode_seconds"], 1e-9), 2)
-            if encoding
-            else None,
+            throughput=throughput or None,
             **encoding,
         )
         log.info("%s / %s: features in %.1f s", data.name, label, seconds)
