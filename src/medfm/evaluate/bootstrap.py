@@ -16,23 +16,36 @@ from medfm.errors import ConfigError
 from medfm.evaluate.metrics import LOWER_IS_BETTER, METRICS, check_metric_names, compute_metrics
 
 
+def group_by_subject(subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples grouped by subject: positions ordered by subject, and where each subject's block of that
+    order starts and how long it is (subjects numbered in sorted order)."""
+    _, subject_of = np.unique(np.asarray(subjects), return_inverse=True)
+    subject_of = subject_of.ravel()
+    order = np.argsort(subject_of, kind="stable")
+    counts = np.bincount(subject_of)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return order, starts, counts
+
+
+def examples_of(drawn: np.ndarray, groups: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Positions of every example of each ``drawn`` subject (repeats allowed), subject by subject."""
+    order, starts, counts = groups
+    sizes = counts[drawn]
+    # position within its subject's block, for every example drawn
+    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return order[np.repeat(starts[drawn], sizes) + offset]
+
+
 def subject_resamples(subjects: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     """Yield ``n_boot`` example-index arrays, each the examples of subjects drawn with replacement.
 
     The same ``subjects``, ``n_boot`` and ``seed`` give the same resamples.
     """
-    _, subject_of = np.unique(np.asarray(subjects), return_inverse=True)
-    subject_of = subject_of.ravel()
-    by_subject = np.argsort(subject_of, kind="stable")  # examples grouped by subject
-    counts = np.bincount(subject_of)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    groups = group_by_subject(subjects)
+    count = len(groups[2])
     rng = np.random.default_rng(seed)
     for _ in range(n_boot):
-        drawn = rng.integers(0, len(counts), size=len(counts))
-        sizes = counts[drawn]
-        # position within its subject's block, for every example of the resample
-        offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        yield by_subject[np.repeat(starts[drawn], sizes) + offset]
+        yield examples_of(rng.integers(0, count, size=count), groups)
 
 
 def bootstrap_ci(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medfm.errors import ConfigError
+from medfm.evaluate.bootstrap import examples_of, group_by_subject
 from medfm.evaluate.tasks import TaskData
 from medfm.evaluate.tasks.base import check_splits
 from medfm.log import get_logger
@@ -46,17 +47,13 @@ def train_rows(data: TaskData, spec: TrainSubsample, seed: int) -> np.ndarray:
     if spec.mode == "all":
         return np.arange(len(data))
     rng = np.random.default_rng(spec.seed if spec.seed >= 0 else seed)
-    _, subject_of = np.unique(data.subjects.astype(str), return_inverse=True)
-    subject_of = subject_of.ravel()
-    count = int(subject_of.max()) + 1
+    groups = group_by_subject(data.subjects.astype(str))
+    count = len(groups[2])
     if spec.mode == "bootstrap":
         drawn = rng.integers(0, count, size=count)
     else:
         drawn = np.sort(rng.choice(count, size=max(1, round(spec.fraction * count)), replace=False))
-    by_subject = np.argsort(subject_of, kind="stable")
-    sizes = np.bincount(subject_of, minlength=count)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rows = np.concatenate([by_subject[starts[s] : starts[s] + sizes[s]] for s in drawn])
+    rows = examples_of(drawn, groups)
     subset = data.select(rows)
     if data.info.multilabel:
         constant = [c for c, n in subset.class_counts().items() if n in (0, len(subset))]

@@ -33,12 +33,10 @@ from omegaconf.errors import OmegaConfBaseException
 from medfm.config import config_to_dict, load_config
 from medfm.errors import ConfigError
 from medfm.measure import PowerModel
+from medfm.pcs.stability import NUMBERS, UNIT
 
-# Columns of the results table; an axis of the same name would be ambiguous.
-RESERVED = frozenset(
-    {"cell", "task", "modality", "model", "protocol", "setting", "eval_set", "subgroup", "metric", "split"}
-    | {"value", "ci_low", "ci_high", "n", "n_subjects", "passed", "status"}
-)
+# Columns of the results table and of the run's log lines; an axis of the same name would be ambiguous.
+RESERVED = frozenset({"cell", "modality", "passed", "status", *UNIT, *NUMBERS})
 
 
 @dataclass

@@ -31,6 +31,7 @@ from medfm.log import get_logger, progress, setup_logging
 from medfm.measure import PowerModel, measure
 from medfm.pcs.grid import Cell, Grid, PredictionCheck, save_grid
 from medfm.pcs.stability import (
+    NUMBERS,
     UNIT,
     axis_effects,
     pairwise_wins,
@@ -107,13 +108,10 @@ def load_predicted(path: Path) -> list[CellPredictions]:
         return [CellPredictions(u, data[f"ids{i}"], data[f"labels{i}"]) for i, u in enumerate(units)]
 
 
-NUMERIC = ("value", "ci_low", "ci_high", "n", "n_subjects")
-
-
 def read_rows(path: Path) -> pd.DataFrame:
     """A rows CSV with text columns as written (an empty setting stays "") and numbers as floats."""
     rows = pd.read_csv(path, keep_default_na=False, dtype=str)
-    for column in NUMERIC:
+    for column in NUMBERS:
         if column in rows:
             rows[column] = pd.to_numeric(rows[column], errors="coerce")
     if "passed" in rows:
@@ -204,7 +202,7 @@ def results_table(grid: Grid, records: list[dict]) -> pd.DataFrame:
         raise ConfigError(f"grid {grid.config.name}: every cell failed; see cells/*/cell.json")
     table = pd.concat(frames, ignore_index=True)
     table["passed"] = passed_units(table, grid.config.check)
-    lead = ["cell", *grid.axes, *UNIT, "value", "ci_low", "ci_high", "n", "n_subjects", "passed"]
+    lead = ["cell", *grid.axes, *UNIT, *NUMBERS, "passed"]
     return table[[c for c in lead if c in table] + [c for c in table if c not in lead]]
 
 

@@ -21,6 +21,7 @@ from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 from medfm.evaluate.metrics import LOWER_IS_BETTER
 
 UNIT = ("task", "model", "protocol", "setting", "eval_set", "subgroup", "metric", "split")
+NUMBERS = ("value", "ci_low", "ci_high", "n", "n_subjects")  # a unit's numeric columns
 RANK_WITHIN = ("task", "eval_set", "subgroup", "metric", "split")
 _COMPARED = ("model", "protocol", "setting")
 

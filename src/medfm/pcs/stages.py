@@ -10,6 +10,7 @@ federated and continual stages join by registering here; the runner, checks, sum
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,13 @@ STAGES: Registry[Stage] = Registry("stage")
 
 # -- evaluation --------------------------------------------------------------------------------------
 
-_EVAL_MEMO: dict[str, Any] = {}
 
-
+@functools.cache
 def _eval_memo():
+    """This process's memo of loaded tasks and features, shared by the cells it runs."""
     from medfm.evaluate.suite import EvalMemo
 
-    return _EVAL_MEMO.setdefault("memo", EvalMemo())
+    return EvalMemo()
 
 
 def eval_rows(folder: Path) -> pd.DataFrame:
@@ -175,7 +176,7 @@ def _register_eval() -> None:
             inputs=eval_inputs,
             metrics=METRICS,
             affinity=eval_affinity,
-            forget=_EVAL_MEMO.clear,
+            forget=_eval_memo.cache_clear,
         ),
     )
 
