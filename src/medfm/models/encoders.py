@@ -32,15 +32,28 @@ ENCODERS: Registry[EncoderSpec] = Registry("encoder")
 # File endings that make create_encoder read its argument as a path (pickle ones are refused with advice).
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
-# The ViT sizes of the ViT paper and DeiT (BioVFM trains T, S, B, L and H).
+# The ViT sizes of the ViT paper and DeiT (BioVFM trains T, S, B, L and H), below them a ladder of small
+# sizes (0.2M, 0.7M, 2.7M parameters) for scaling studies a CPU can run at 32-64 px with 4-pixel patches.
 VIT_SIZES = {
+    "pico": {"embed_dim": 64, "depth": 4, "num_heads": 2},
+    "nano": {"embed_dim": 96, "depth": 6, "num_heads": 3},
+    "micro": {"embed_dim": 192, "depth": 6, "num_heads": 3},
     "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
     "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
     "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
-VIT_PATCHES = {"tiny": (16, 8), "small": (16, 14, 8), "base": (16, 14, 8), "large": (16, 14), "huge": (14,)}
+VIT_PATCHES = {
+    "pico": (4, 8),
+    "nano": (4, 8),
+    "micro": (4, 8),
+    "tiny": (16, 8),
+    "small": (16, 14, 8),
+    "base": (16, 14, 8),
+    "large": (16, 14),
+    "huge": (14,),
+}
 
 for _size, _patches in VIT_PATCHES.items():
     for _patch in _patches:

@@ -125,19 +125,26 @@ def read_cell(folder: Path) -> dict[str, Any] | None:
 
 
 def assign(cells: list[Cell], grid: Grid, workers: int) -> list[list[Cell]]:
-    """Cells per worker: groups of equal affinity kept together, the largest first onto the least
-    loaded worker; groups are split when there are fewer of them than workers."""
+    """Cells per worker: groups of equal affinity kept together (a cell of affinity "" is a group of its
+    own), the costliest group first onto the least loaded worker, by the stage's cost estimate; groups
+    are split when there are fewer of them than workers."""
+    configs = {cell.id: grid.cell_config(cell) for cell in cells}
+    cost = {cell.id: grid.stage.cost(configs[cell.id]) for cell in cells}
     groups: dict[str, list[Cell]] = defaultdict(list)
     for cell in cells:
-        groups[grid.stage.affinity(grid.cell_config(cell))].append(cell)
-    parts = sorted(groups.values(), key=len, reverse=True)
+        groups[grid.stage.affinity(configs[cell.id]) or cell.id].append(cell)
+
+    def total(part: list[Cell]) -> float:
+        return sum(cost[cell.id] for cell in part)
+
+    parts = sorted(groups.values(), key=total, reverse=True)
     while len(parts) < workers and len(parts[0]) > 1:
         largest = parts.pop(0)
         half = (len(largest) + 1) // 2
-        parts = sorted([*parts, largest[:half], largest[half:]], key=len, reverse=True)
+        parts = sorted([*parts, largest[:half], largest[half:]], key=total, reverse=True)
     lanes: list[list[Cell]] = [[] for _ in range(max(1, workers))]
     for part in parts:
-        min(lanes, key=len).extend(part)
+        min(lanes, key=total).extend(part)
     return [lane for lane in lanes if lane]
 
 

@@ -49,6 +49,7 @@ class Stage:
     metrics: tuple[str, ...]  # the metrics its rows hold (what a check or a report may name)
     # cells of equal affinity share expensive work (run them in one process); "" : nothing shared
     affinity: Callable[[Any], str] = lambda config: ""
+    cost: Callable[[Any], float] = lambda config: 1.0  # relative work of a cell: how workers are balanced
     forget: Callable[[], None] = lambda: None  # drop what earlier cells of this process left to reuse
 
 
@@ -182,3 +183,7 @@ def _register_eval() -> None:
 
 
 _register_eval()
+
+
+# Stages defined with their own parts of medfm register themselves here (imported last: they use this module).
+from medfm.scale import stage as _scale_stage  # noqa: E402, F401

@@ -21,6 +21,39 @@ from medfm.errors import DataError
 from medfm.pretrain.base import View
 
 
+def corpus_rows(
+    corpus: str | Path,
+    *,
+    split: str = "train",
+    modalities: list[str] | None = None,
+    sources: list[str] | None = None,
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The catalog rows of ``split`` kept by the filters: ``modalities`` / ``sources`` (empty: all) and
+    a seeded random ``fraction`` of what is left."""
+    root = Path(corpus)
+    columns = ["split", "source", "modality", "shard", "png_offset", "png_size"]
+    table = pd.read_parquet(catalog_path(root), columns=columns)
+    rows = table[table["split"] == split]
+    for column, wanted in (("modality", modalities), ("source", sources)):
+        if wanted:
+            unknown = sorted(set(wanted) - set(table[column]))
+            if unknown:
+                raise DataError(
+                    f"corpus {root} has no {column} {unknown} (it has {sorted(set(table[column]))})"
+                )
+            rows = rows[rows[column].isin(wanted)]
+    if not 0 < fraction <= 1:
+        raise DataError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction < 1:
+        keep = np.random.default_rng(seed).permutation(len(rows))[: max(1, round(fraction * len(rows)))]
+        rows = rows.iloc[np.sort(keep)]
+    if rows.empty:
+        raise DataError(f"no pictures left in split {split!r} of {root} after filtering")
+    return rows
+
+
 class CorpusImages(Dataset):
     """One split of a built corpus as ``view(image, generator)`` samples, indexed by ``(index, seed)``.
 
@@ -40,24 +73,9 @@ class CorpusImages(Dataset):
         seed: int = 0,
     ):
         self.root = Path(corpus)
-        columns = ["split", "source", "modality", "shard", "png_offset", "png_size"]
-        table = pd.read_parquet(catalog_path(self.root), columns=columns)
-        rows = table[table["split"] == split]
-        for column, wanted in (("modality", modalities), ("source", sources)):
-            if wanted:
-                unknown = sorted(set(wanted) - set(table[column]))
-                if unknown:
-                    raise DataError(
-                        f"corpus {self.root} has no {column} {unknown} (it has {sorted(set(table[column]))})"
-                    )
-                rows = rows[rows[column].isin(wanted)]
-        if not 0 < fraction <= 1:
-            raise DataError(f"fraction must be in (0, 1], got {fraction}")
-        if fraction < 1:
-            keep = np.random.default_rng(seed).permutation(len(rows))[: max(1, round(fraction * len(rows)))]
-            rows = rows.iloc[np.sort(keep)]
-        if rows.empty:
-            raise DataError(f"no pictures left in split {split!r} of {self.root} after filtering")
+        rows = corpus_rows(
+            self.root, split=split, modalities=modalities, sources=sources, fraction=fraction, seed=seed
+        )
         self.view = view
         self.shards = sorted(rows["shard"].unique())
         self.shard_index = rows["shard"].map({s: i for i, s in enumerate(self.shards)}).to_numpy(np.int32)
