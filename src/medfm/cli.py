@@ -268,6 +268,24 @@ def pcs_run(
     console.print(f"[bold green]PCS report:[/] {paths['report.html']}  ({paths['pcs.md']})")
 
 
+@app.command("scale")
+@friendly_errors
+def scale(
+    grid: Annotated[Path, typer.Option("--grid", "-g", help="scaling grid YAML (see configs/scale/)")],
+    rerun: Annotated[bool, typer.Option(help="run every cell again, even those already done")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Pretrain and probe every cell of a scaling grid (resuming a stopped one), fit the power laws and
+    write the scaling report."""
+    from medfm.scale.study import load_scale_grid, run_scale
+
+    paths = run_scale(load_scale_grid(grid, overrides or []), rerun=rerun)
+    console.print(
+        f"[bold green]scaling report:[/] {paths['scaling.html']}  ({paths['scaling.md']}); "
+        f"PCS report: {paths['report.html']}"
+    )
+
+
 @pcs_app.command("reproduce")
 @friendly_errors
 def pcs_reproduce(

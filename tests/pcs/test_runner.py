@@ -213,3 +213,21 @@ def test_cells_run_in_worker_processes(grid_file, tmp_path):
     # cells that share a resolution share a process, so each worker encodes its images once
     cached = pd.read_csv(tmp_path / "pcs" / "compute.csv").groupby("resolution")["features_cached"].sum()
     assert (cached == 6).all()  # 4 cells x 2 models per resolution, the first cell of each encodes
+
+
+def test_workers_are_balanced_by_the_stage_cost_and_shared_work_stays_together():
+    from types import SimpleNamespace
+
+    from medfm.pcs.grid import Cell
+    from medfm.pcs.runner import assign
+
+    costs = {"c0": 10.0, "c1": 1.0, "c2": 1.0, "c3": 4.0, "c4": 4.0, "c5": 1.0}
+    cells = [Cell(i, {}, {}) for i in costs]
+    plain = SimpleNamespace(affinity=lambda cell: "", cost=lambda cell: costs[cell.id])
+    grid = SimpleNamespace(stage=plain, cell_config=lambda cell: cell)
+    lanes = assign(cells, grid, 2)
+    assert sorted(sum(costs[c.id] for c in lane) for lane in lanes) == [10.0, 11.0]  # not 3 and 3 cells
+    assert lanes[0][0].id == "c0"  # the costliest first
+    shared = SimpleNamespace(affinity=lambda cell: "a" if cell.id in ("c1", "c2") else "", cost=plain.cost)
+    lanes = assign(cells, SimpleNamespace(stage=shared, cell_config=lambda cell: cell), 2)
+    assert any({"c1", "c2"} <= {c.id for c in lane} for lane in lanes)

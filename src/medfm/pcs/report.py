@@ -311,14 +311,10 @@ def sections(grid: Grid, records: list[dict], tables: dict[str, pd.DataFrame], p
     return out
 
 
-def write_pcs_report(
-    grid: Grid, records: list[dict], tables: dict[str, pd.DataFrame], provenance
+def write_document(
+    out: Path, title: str, parts: list[tuple[str, list[Block]]], markdown: str, page_name: str
 ) -> dict[str, Path]:
-    out = grid.output
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    title = f"PCS report: {grid.config.name}"
-    parts = sections(grid, records, tables, provenance, figures)
+    """A Markdown file and an HTML page in ``out`` from sections of blocks (figures: paths under ``out``)."""
     md = [f"# {title}", ""]
     page = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
@@ -341,8 +337,19 @@ def write_pcs_report(
                     f"<pre>{html.escape(block)}</pre>" if "\n" in block else f"<p>{html.escape(block)}</p>"
                 )
     page.append("</body>\n</html>\n")
-    paths = {"pcs.md": out / "pcs.md", "report.html": out / "report.html"}
-    paths["pcs.md"].write_text("\n".join(md), encoding="utf-8")
-    paths["report.html"].write_text("\n".join(page), encoding="utf-8")
+    paths = {markdown: out / markdown, page_name: out / page_name}
+    paths[markdown].write_text("\n".join(md), encoding="utf-8")
+    paths[page_name].write_text("\n".join(page), encoding="utf-8")
+    return paths
+
+
+def write_pcs_report(
+    grid: Grid, records: list[dict], tables: dict[str, pd.DataFrame], provenance
+) -> dict[str, Path]:
+    out = grid.output
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    parts = sections(grid, records, tables, provenance, figures)
+    paths = write_document(out, f"PCS report: {grid.config.name}", parts, "pcs.md", "report.html")
     paths.update({p.relative_to(out).as_posix(): p for p in sorted(figures.glob("*.png"))})
     return paths

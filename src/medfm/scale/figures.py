@@ -143,7 +143,8 @@ def power_law(fit: Fit, **values: np.ndarray) -> np.ndarray | None:
     (dropped for taking a single value) counts with exponent 0. None without a usable fit."""
     if not fit:
         return None
-    log_value = float(next(iter(fit.values()))["intercept"])
+    shape = np.broadcast_shapes(*(np.shape(x) for x in values.values()))
+    log_value = np.full(shape, float(next(iter(fit.values()))["intercept"]))
     for variable, x in values.items():
         if variable in fit:
             log_value = log_value + float(fit[variable]["exponent"]) * np.log(np.asarray(x, dtype=float))
@@ -182,7 +183,10 @@ def _fit_note(ax: Axes, fit: Fit, variable: str) -> None:
     """The exponent of ``variable`` with its interval, R² and n, in a box at the panel's top left."""
     if fit:
         first = next(iter(fit.values()))
-        lines = [exponent_text(fit, variable), f"R² = {_number(first['r2'], '.2f')}, n = {_number(first['n'], '.0f')}"]
+        lines = [
+            exponent_text(fit, variable),
+            f"R² = {_number(first['r2'], '.2f')}, n = {_number(first['n'], '.0f')}",
+        ]
     else:
         lines = ["no fit"]
     ax.text(
@@ -213,8 +217,8 @@ def _errors(rows: pd.DataFrame, value: str = "value") -> np.ndarray:
 
 
 def _dodged(x: np.ndarray, index: int, count: int, span: float | None = None) -> np.ndarray:
-    """``x`` moved so that ``count`` series sharing x values sit side by side: by hundredths of a decade
-    on a log axis (``span`` None), by a share of ``span`` on a linear one."""
+    """``x`` moved so that ``count`` series sharing x values sit side by side: a fiftieth of a decade
+    apart on a log axis (``span`` None), a fiftieth of ``span`` apart on a linear one."""
     shift = (index - (count - 1) / 2) * 0.02
     return x * 10**shift if span is None else x + shift * span
 
@@ -235,9 +239,7 @@ def _panel_grid(count: int, columns: int, size: tuple[float, float]) -> tuple[Fi
     return figure, list(panels[:count])
 
 
-def _draw_series(
-    ax: Axes, rows: pd.DataFrame, by: str, colours: dict, x: str, held: str, fit: Fit
-) -> None:
+def _draw_series(ax: Axes, rows: pd.DataFrame, by: str, colours: dict, x: str, held: str, fit: Fit) -> None:
     """One series per key of ``by`` (points with intervals, dodged apart), each with the joint law drawn
     along ``x`` at the series' own value of ``held``."""
     span = np.geomspace(rows[x].min(), rows[x].max(), 60)
@@ -294,11 +296,20 @@ def draw_scaling_curves(points: pd.DataFrame, fits: pd.DataFrame, task: str, met
     sizes = data.groupby("model")["parameters"].first()
     legends = (
         (panels[0, -1], "pretraining data", [_key(c, _percent(f)) for f, c in fraction_colours.items()]),
-        (panels[1, -1], "model", [_key(c, f"{m} ({count_label(sizes[m])})") for m, c in model_colours.items()]),
+        (
+            panels[1, -1],
+            "model",
+            [_key(c, f"{m} ({count_label(sizes[m])})") for m, c in model_colours.items()],
+        ),
     )
     for ax, title, handles in legends:
         ax.legend(
-            handles=handles, title=title, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False
+            handles=handles,
+            title=title,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            fontsize=8,
+            frameon=False,
         )
     figure.suptitle(f"{task}: {_metric_label(metric)} against model size and data (lines: joint power law)")
     return _save(figure, path)
@@ -351,7 +362,7 @@ def draw_compute_curves(points: pd.DataFrame, fits: pd.DataFrame, metric: str, p
         ax.set_title(task, fontsize=10)
         ax.set_xlabel(AXIS_LABELS["train_flops"])
         ax.set_ylabel(f"test {_metric_label(metric)}")
-        ax.legend(handles=handles, loc="lower right", fontsize=7)
+        ax.legend(handles=handles, loc="best", fontsize=7)
     figure.suptitle(f"{_metric_label(metric)} against pretraining compute (lines: power law in FLOPs)")
     return _save(figure, path)
 
@@ -406,7 +417,9 @@ def draw_loss_frontier(
         ax.set_ylabel(f"held-out {method} loss")
         ax.legend(handles=handles, loc="upper right", fontsize=7)
     sizes_by_model = data.groupby("model")["parameters"].first()
-    model_keys = [_key(c, f"{m} ({count_label(sizes_by_model[m])})", linestyle="none") for m, c in model_colours.items()]
+    model_keys = [
+        _key(c, f"{m} ({count_label(sizes_by_model[m])})", linestyle="none") for m, c in model_colours.items()
+    ]
     fraction_keys = [_key("0.5", _percent(f), linestyle="none", size=math.sqrt(s)) for f, s in sizes.items()]
     figure.legend(handles=model_keys, title="model", loc="outside right upper", fontsize=8, frameon=False)
     figure.legend(handles=fraction_keys, title="data", loc="outside right lower", fontsize=8, frameon=False)
@@ -430,7 +443,9 @@ def draw_slope_factors(
     if metric is not None:
         chosen = _rows(chosen, metric=metric)
     elif chosen["metric"].nunique() > 1:
-        raise ValueError(f"fits hold several metrics ({', '.join(sorted(chosen['metric'].unique()))}): pass metric")
+        raise ValueError(
+            f"fits hold several metrics ({', '.join(sorted(chosen['metric'].unique()))}): pass metric"
+        )
     names = [factor for factor in FACTORS if factor in factors.columns]
     data = chosen.merge(factors[["task", *names]], on="task")
     if data.empty or not names:
@@ -469,7 +484,13 @@ def draw_slope_factors(
                 p = format_p_value(float(row["spearman_p"]))
                 text = f"{_number(row['spearman_rho'], '.2f')} (p = {p}, {row['tasks']} tasks)"
             titles.append(f"{method} · {mix}: Spearman ρ = {text}")
-        for task, x, y in pd.DataFrame(placed, columns=["task", "x", "y"]).sort_values("y").groupby("task").last().itertuples():
+        for task, x, y in (
+            pd.DataFrame(placed, columns=["task", "x", "y"])
+            .sort_values("y")
+            .groupby("task")
+            .last()
+            .itertuples()
+        ):
             ax.annotate(task, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5, color="0.3")
         ax.axhline(0, color="0.4", linewidth=0.8, linestyle=":", zorder=1)
         if factor in LOG_FACTORS:
@@ -479,6 +500,6 @@ def draw_slope_factors(
         ax.set_xlabel(factor)
         ax.set_ylabel(f"{SYMBOLS.get(variable, variable)} ({law} law)")
     panels[0].legend(loc="best", fontsize=7)
-    which = f", {chosen['metric'].iloc[0]}" if len(chosen) else ""
-    figure.suptitle(f"Scaling exponent of {variable}{which} against dataset factors (one point per task)")
+    metric_name = _metric_label(data["metric"].iloc[0])
+    figure.suptitle(f"Exponent of {variable} ({metric_name}) against dataset factors, one point per task")
     return _save(figure, path)
