@@ -150,3 +150,12 @@ def test_training_flops_count_the_backward_pass():
     assert 2.5 < per_image / forward < 3.5  # backward costs about twice the forward
     bigger = PretrainConfig(encoder="vit_nano_patch4", image_size=32, method="mae")
     assert training_flops_per_image(bigger) > per_image
+
+
+@pytest.mark.parametrize("name", ["vit-ladder-32px", "vit-tsb-224px"])
+def test_shipped_grids_load(name, tiny_corpus):
+    path = Path(__file__).parents[2] / "configs" / "scale" / f"{name}.yaml"
+    grid = load_scale_grid(path, [f"base.pretrain.data.corpus={tiny_corpus}"])
+    assert len(grid.cells) == 18 and grid.output == Path(f"runs/scale/{name}")
+    methods = {grid.cell_config(cell).pretrain.method for cell in grid.cells}
+    assert methods == {"mae", "dino"}
