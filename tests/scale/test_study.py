@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from medfm.cli import app
-from medfm.errors import ConfigError
+from medfm.errors import ConfigError, DataError
 from medfm.pcs.grid import load_grid
 from medfm.pretrain.build import build_method
 from medfm.pretrain.config import PretrainConfig
@@ -159,3 +159,37 @@ def test_shipped_grids_load(name, tiny_corpus):
     assert len(grid.cells) == 18 and grid.output == Path(f"runs/scale/{name}")
     methods = {grid.cell_config(cell).pretrain.method for cell in grid.cells}
     assert methods == {"mae", "dino"}
+
+
+def _broken(grid: dict, where: str) -> None:
+    if where == "encoder":
+        grid["axes"]["size"]["values"][0] = "vit_pico_patch5"
+    elif where == "method":
+        grid["axes"]["method"]["alternatives"]["mae"] = {"pretrain.method": "simclr"}
+    elif where == "dino":
+        grid["base"]["pretrain"]["dino"] = {"center_momentum": 2.0}
+    elif where == "fraction":
+        grid["axes"]["data"]["values"][0] = 0.0
+    else:
+        grid["base"]["epochs"] = -1
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("encoder", "vit_pico_patch4"),  # "did you mean"
+        ("method", "simclr"),
+        ("dino", "center_momentum"),
+        ("fraction", "fraction"),
+        ("epochs", "epochs"),
+    ],
+)
+def test_bad_cells_are_refused_when_the_grid_loads(where, message, tiny_corpus, tmp_path):
+    shipped = Path(__file__).parents[2] / "configs" / "scale" / "vit-ladder-32px.yaml"
+    grid = yaml.safe_load(shipped.read_text())
+    grid["base"]["pretrain"]["data"]["corpus"] = str(tiny_corpus)
+    _broken(grid, where)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises((ConfigError, DataError), match=message):
+        load_scale_grid(path)

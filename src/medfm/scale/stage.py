@@ -38,7 +38,7 @@ class ScaleCellConfig:
     def check(self) -> ScaleCellConfig:
         if self.epochs < 0 or self.heldout_pictures < 0 or not 0 <= self.warmup_fraction < 1:
             raise ConfigError("epochs and heldout_pictures must be >= 0 and warmup_fraction in [0, 1)")
-        self.pretrain.views.check()
+        check_pretrain(self.pretrain)
         if self.epochs > 0:
             pictures = pretraining_pictures(self.pretrain)
             images = self.pretrain.train.batch_size * self.pretrain.train.accum_steps
@@ -47,6 +47,23 @@ class ScaleCellConfig:
         self.pretrain.train.check()
         self.eval.check()
         return self
+
+
+def check_pretrain(config: PretrainConfig) -> None:
+    """Refuse, before any cell runs, an unknown encoder or method and invalid method or view settings."""
+    from medfm.models.encoders import ENCODERS, bundle_path
+    from medfm.pretrain.base import METHODS
+
+    try:
+        METHODS.get(config.method)
+        if bundle_path(config.encoder) is None:
+            ENCODERS.get(config.encoder)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from None
+    settings = getattr(config, config.method, None)
+    if hasattr(settings, "check"):
+        settings.check()
+    config.views.check()
 
 
 def pretraining_pictures(config: PretrainConfig) -> int:

@@ -183,11 +183,8 @@ def summary_table(fits: pd.DataFrame, points: pd.DataFrame, metric: str) -> pd.D
             hit = found[(found.law == law) & (found.variable == variable)]
             return hit.iloc[0] if len(hit) else None
 
-        joint = (
-            pick("joint", "parameters")
-            if pick("joint", "parameters") is not None
-            else pick("joint", "pictures")
-        )
+        laws = {v: pick("joint", v) for v in ("parameters", "pictures")}
+        r2 = next((law["r2"] for law in laws.values() if law is not None), float("nan"))
         size = group["parameters"] * group["pictures"]
         smallest, largest = group.loc[size.idxmin()], group.loc[size.idxmax()]
         rows.append(
@@ -195,9 +192,9 @@ def summary_table(fits: pd.DataFrame, points: pd.DataFrame, metric: str) -> pd.D
                 "task": task,
                 "method": method,
                 "mix": mix,
-                "b params": _interval(pick("joint", "parameters")),
-                "b pictures": _interval(pick("joint", "pictures")),
-                "R² (joint)": f"{joint['r2']:.2f}" if joint is not None else "–",
+                "b params": _interval(laws["parameters"]),
+                "b pictures": _interval(laws["pictures"]),
+                "R² (joint)": f"{r2:.2f}" if np.isfinite(r2) else "–",
                 "b compute": _interval(pick("single", "train_flops")),
                 f"{metric} smallest run": f"{smallest['value']:.3f}",
                 f"{metric} largest run": f"{largest['value']:.3f}",
