@@ -31,6 +31,7 @@ QUICKSTART_BUNDLE = "runs/quickstart/pretrain/bundle"
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="config overrides such as image_size=64 workers=1")
 ]
+Rerun = Annotated[bool, typer.Option(help="run every cell again, even those already done")]
 
 
 def friendly_errors(command):
@@ -257,7 +258,7 @@ def bench(
 @friendly_errors
 def pcs_run(
     grid: Annotated[Path, typer.Option("--grid", "-g", help="grid YAML (see configs/pcs/)")],
-    rerun: Annotated[bool, typer.Option(help="run every cell again, even those already done")] = False,
+    rerun: Rerun = False,
     overrides: Overrides = None,
 ) -> None:
     """Run every cell of a grid (resuming a stopped one), then write the tables and the PCS report."""
@@ -272,7 +273,7 @@ def pcs_run(
 @friendly_errors
 def scale(
     grid: Annotated[Path, typer.Option("--grid", "-g", help="scaling grid YAML (see configs/scale/)")],
-    rerun: Annotated[bool, typer.Option(help="run every cell again, even those already done")] = False,
+    rerun: Rerun = False,
     overrides: Overrides = None,
 ) -> None:
     """Pretrain and probe every cell of a scaling grid (resuming a stopped one), fit the power laws and

@@ -128,12 +128,12 @@ class Grid:
     """A loaded grid: its config, the alternatives of every axis, and its cells (resolved and checked)."""
 
     def __init__(self, config: GridConfig):
-        from medfm.pcs.stages import STAGES
+        from medfm.pcs.stages import get_stage
 
         if not config.name:
             raise ConfigError("a grid needs a name (it names the output folder and the report)")
         try:
-            self.stage = STAGES.get(config.stage)
+            self.stage = get_stage(config.stage)
         except KeyError as err:
             raise ConfigError(str(err.args[0])) from None
         if not config.axes:

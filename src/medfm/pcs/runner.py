@@ -39,7 +39,7 @@ from medfm.pcs.stability import (
     rank_stability,
     stability_table,
 )
-from medfm.pcs.stages import STAGES, CellPredictions
+from medfm.pcs.stages import CellPredictions, get_stage
 from medfm.runs import Run
 
 log = get_logger("pcs")
@@ -79,7 +79,7 @@ def run_cell(
     }
     try:
         with measure(power) as cost:
-            output = STAGES.get(stage_name).run(config, folder_path)
+            output = get_stage(stage_name).run(config, folder_path)
         output.rows.to_csv(folder_path / "rows.csv", index=False)
         save_predicted(output.predictions, folder_path / PREDICTED_FILE)
         record.update(status="ok", cost=cost.as_dict(), models=output.costs)

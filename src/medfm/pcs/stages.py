@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,15 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("stage")
+# Stages defined with their own part of medfm, which register themselves when imported.
+STAGE_MODULES = ("medfm.scale.stage",)
+
+
+def get_stage(name: str) -> Stage:
+    """The stage registered as ``name`` (stage modules are imported first, so every stage is known)."""
+    for module in STAGE_MODULES:
+        importlib.import_module(module)
+    return STAGES.get(name)
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -184,6 +194,3 @@ def _register_eval() -> None:
 
 _register_eval()
 
-
-# Stages defined with their own parts of medfm register themselves here (imported last: they use this module).
-from medfm.scale import stage as _scale_stage  # noqa: E402, F401
