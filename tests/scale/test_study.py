@@ -101,6 +101,7 @@ def test_fits_figures_and_report_are_written(finished):
     joint = fits[fits["law"] == "joint"]
     assert set(joint["variable"]) == {"parameters", "pictures"} and (joint["n"] == 4).all()
     assert set(fits[fits["law"] == "single"]["variable"]) == {"train_flops"}
+    assert (fits["boot_fits"] > 0).all() and (fits["boot_low"] <= fits["boot_high"]).all()
     factors = pd.read_csv(out / "task_factors.csv")
     assert factors.loc[0, "n_classes"] == 2 and 0 < factors.loc[0, "gzip_ratio"] < 1.5
     frontier = pd.read_csv(out / "loss_frontier.csv")

@@ -138,6 +138,15 @@ def _group_keys(by: Sequence[str], keys) -> dict:
     return dict(zip(by, keys if isinstance(keys, tuple) else (keys,)))
 
 
+def law_variables(group: pd.DataFrame) -> dict[str, list[str]]:
+    """The variables of each law that vary within ``group`` (a law with none is left out)."""
+    laws = {
+        "joint": [name for name in JOINT if group[name].nunique() > 1],
+        "single": [SINGLE] if group[SINGLE].nunique() > 1 else [],
+    }
+    return {law: variables for law, variables in laws.items() if variables}
+
+
 def scaling_fits(
     points: pd.DataFrame, metric: str = "auroc", by: Sequence[str] = ("task", "method", "mix")
 ) -> pd.DataFrame:
@@ -154,16 +163,11 @@ def scaling_fits(
     rows = []
     for keys, group in usable.groupby(by):
         base = {**_group_keys(by, keys), "metric": metric}
-        laws = {
-            "joint": [name for name in JOINT if group[name].nunique() > 1],
-            "single": [SINGLE] if group[SINGLE].nunique() > 1 else [],
-        }
-        if not any(laws.values()):
+        laws = law_variables(group)
+        if not laws:
             log.warning("scaling fit of %s: %s take a single value; group skipped", base, [*JOINT, SINGLE])
             continue
         for law, variables in laws.items():
-            if not variables:
-                continue
             try:
                 fit = fit_power_law(group, "value", variables)
             except ValueError as error:

@@ -23,6 +23,7 @@ from medfm.log import get_logger
 from medfm.pcs.grid import Grid, load_grid
 from medfm.pcs.report import _main, reproducibility_lines, write_document
 from medfm.pcs.runner import read_cell, read_rows, run_grid
+from medfm.scale.bootstrap import exponent_bootstrap, load_probe_predictions
 from medfm.scale.factors import dataset_factors
 from medfm.scale.figures import (
     draw_compute_curves,
@@ -124,6 +125,9 @@ def run_scale(grid: Grid, executors: list[Executor] | None = None, *, rerun: boo
     runs = runs_table(records)
     points = points_table(runs, read_rows(out / "results.csv"))
     fits = scaling_fits(points, metric=metric)
+    n_boot = grid.cell_config(grid.cells[0]).eval.n_boot
+    boot = exponent_bootstrap(runs, load_probe_predictions(out / "cells", runs), metric, n_boot=n_boot)
+    fits = fits.merge(boot, on=["task", "method", "mix", "metric", "law", "variable"], how="left")
     frontier, frontier_fits = loss_frontier(runs)
     factors = task_factors(grid)
     slopes = slope_factor_table(fits, factors) if len(factors) else pd.DataFrame()
@@ -161,17 +165,21 @@ def run_scale(grid: Grid, executors: list[Executor] | None = None, *, rerun: boo
 
 
 def _interval(row: pd.Series | None, digits: int = 3) -> str:
+    """``b [t-interval] (bootstrap interval)``, or "–" without a fit."""
     if row is None or not np.isfinite(row["exponent"]):
         return "–"
-    bounds = (
-        f" [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]" if np.isfinite(row["ci_low"]) else ""
-    )
-    return f"{row['exponent']:.{digits}f}{bounds}"
+    text = f"{row['exponent']:.{digits}f}"
+    if np.isfinite(row["ci_low"]):
+        text += f" [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+    if np.isfinite(row.get("boot_low", np.nan)):
+        text += f" ({row['boot_low']:.{digits}f}, {row['boot_high']:.{digits}f})"
+    return text
 
 
 def summary_table(fits: pd.DataFrame, points: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per task, method and mix: the exponents with their intervals, the fit's R², and the metric of the
-    smallest and the largest run (fewest and most parameters x pictures)."""
+    """Per task, method and mix: the exponents with their intervals (t over the runs' residuals, and
+    the test-patient bootstrap), the fit's R², and the metric of the smallest and the largest run (fewest
+    and most parameters x pictures)."""
     rows = []
     scores = points[points["metric"] == metric]
     for (task, method, mix), group in scores.groupby(["task", "method", "mix"]):
@@ -231,6 +239,7 @@ def report_sections(
     runs, points, fits = tables["scaling_runs"], tables["scaling_points"], tables["scaling_fits"]
     axes = [f"- {axis}: " + ", ".join(alternatives) for axis, alternatives in grid.axes.items()]
     config = grid.cell_config(grid.cells[0])
+    n_boot = config.eval.n_boot
     total = runs["seconds"].sum()
     study = [
         f"{len(runs)} of {len(grid.cells)} runs finished. Each pretrains `{config.pretrain.image_size}` px "
@@ -238,10 +247,12 @@ def report_sections(
         f"(BioVFM's linear probe, frozen features) on {', '.join(config.eval.tasks)}. Axes:",
         "\n".join(axes),
         f"Fits: per task, method and mix, log({metric}) = a + b_P log(parameters) + b_D log(pictures) "
-        f"(joint), and log({metric}) = a + b_C log(training FLOPs) (compute); 95 % t-intervals of the "
-        "exponents over the runs' residuals. Each point's own 95 % interval (subject bootstrap of the test "
-        "set) is drawn in the figures. Training FLOPs are one training step counted by torch's FLOP "
-        "counter, times the steps.",
+        f"(joint), and log({metric}) = a + b_C log(training FLOPs) (compute). Exponents come with two 95 % "
+        "intervals: [t-interval over the runs' residuals: how closely the law follows the runs] and "
+        f"(percentiles over {n_boot} resamples of the test patients, the same resample for every run, "
+        "laws refitted: how much the slope depends on which patients were tested). Each point's own "
+        "interval (the same subject bootstrap) is drawn in the figures. Training FLOPs are one training "
+        "step counted by torch's FLOP counter, times the steps.",
         f"Cells took {total / 60:.1f} min of worker time in all (each cell's wall time, summed); the PCS "
         "report of the same grid (`report.html`) has per-cell costs and the stability tables.",
     ]
