@@ -14,6 +14,7 @@ from PIL import Image
 from medfm.scale.figures import (
     count_label,
     draw_compute_curves,
+    draw_exponents,
     draw_loss_frontier,
     draw_scaling_curves,
     draw_slope_factors,
@@ -161,6 +162,10 @@ FIGURES = {
     "slopes": lambda t, path: draw_slope_factors(t["fits"], t["factors"], t["slope_factors"], path),
     "slopes-flops": lambda t, path: draw_slope_factors(
         t["fits"], t["factors"], t["slope_factors"], path, variable="train_flops"
+    ),
+    "exponents": lambda t, path: draw_exponents(t["fits"], path),
+    "exponents-boot": lambda t, path: draw_exponents(
+        t["fits"].assign(boot_low=t["fits"]["exponent"] - 0.01, boot_high=t["fits"]["exponent"] + 0.01), path
     ),
 }
 

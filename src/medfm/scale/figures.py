@@ -503,3 +503,49 @@ def draw_slope_factors(
     metric_name = _metric_label(data["metric"].iloc[0])
     figure.suptitle(f"Exponent of {variable} ({metric_name}) against dataset factors, one point per task")
     return _save(figure, path)
+
+
+def draw_exponents(fits: pd.DataFrame, path: Path) -> Path:
+    """Every task's exponents side by side, one panel per variable (parameters and pictures from the
+    joint law, training FLOPs from the single law), a row per task and a colour per (method, mix): the
+    thin bar is the t-interval over the runs, the thick one the test-patient bootstrap when present."""
+    panels_of = [("joint", "parameters"), ("joint", "pictures"), ("single", "train_flops")]
+    panels_of = [(law, v) for law, v in panels_of if len(_rows(fits, law=law, variable=v))]
+    if not panels_of:
+        raise ValueError("no fitted exponents to draw")
+    tasks = sorted(fits["task"].unique(), key=_natural)
+    groups = _groups(fits)
+    colours = dict(zip(groups, _distinct_colours(len(groups))))
+    figure, panels = _panel_grid(len(panels_of), 3, (3.6, 0.6 * len(tasks) + 2.4))
+    for ax, (law, variable) in zip(panels, panels_of):
+        rows = _rows(fits, law=law, variable=variable)
+        for index, (method, mix) in enumerate(groups):
+            group = _rows(rows, method=method, mix=mix)
+            y = np.array([tasks.index(t) for t in group["task"]]) + (index - (len(groups) - 1) / 2) * 0.25
+            colour = colours[(method, mix)]
+            ax.errorbar(
+                group["exponent"],
+                y,
+                xerr=_errors(group, "exponent"),
+                fmt=_MARKERS[index % len(_MARKERS)],
+                color=colour,
+                markersize=4.5,
+                elinewidth=0.8,
+                capsize=2,
+                label=f"{method} · {mix}",
+                zorder=3,
+            )
+            if {"boot_low", "boot_high"} <= set(group.columns):
+                ax.hlines(y, group["boot_low"], group["boot_high"], color=colour, linewidth=3, alpha=0.45)
+        ax.axvline(0, color="0.4", linewidth=0.8, linestyle=":")
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        ax.set_ylim(len(tasks) - 0.5, -0.5)
+        ax.set_xlabel(f"{SYMBOLS.get(variable, variable)} ({law} law)")
+        ax.set_title(AXIS_LABELS.get(variable, variable), fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    panels[-1].legend(loc="best", fontsize=7)
+    metric_name = _metric_label(fits["metric"].iloc[0])
+    figure.suptitle(
+        f"Scaling exponents of {metric_name} per task (thin: t-interval; thick: patient bootstrap)"
+    )
+    return _save(figure, path)

@@ -27,6 +27,7 @@ from medfm.scale.bootstrap import exponent_bootstrap, load_probe_predictions
 from medfm.scale.factors import dataset_factors
 from medfm.scale.figures import (
     draw_compute_curves,
+    draw_exponents,
     draw_loss_frontier,
     draw_scaling_curves,
     draw_slope_factors,
@@ -145,7 +146,8 @@ def run_scale(grid: Grid, executors: list[Executor] | None = None, *, rerun: boo
         table.to_csv(paths[f"{name}.csv"], index=False)
     figures = out / "figures" / "scaling"
     figures.mkdir(parents=True, exist_ok=True)
-    drawn = {
+    drawn = {"exponents": draw_exponents(fits, figures / "exponents.png")} if len(fits) else {}
+    drawn |= {
         task: draw_scaling_curves(points, fits, task, metric, figures / f"curves-{task}.png")
         for task in sorted(points["task"].unique())
     }
@@ -257,7 +259,8 @@ def report_sections(
         "report of the same grid (`report.html`) has per-cell costs and the stability tables.",
     ]
     out: list[tuple[str, list]] = [("Study", study)]
-    out.append(("Summary", [summary_table(fits, points, metric)]))
+    summary = [summary_table(fits, points, metric), *([drawn["exponents"]] if "exponents" in drawn else [])]
+    out.append(("Summary", summary))
     out.append(("Scaling curves", [drawn[t] for t in sorted(points["task"].unique()) if t in drawn]))
     out.append(("Metric against compute", [drawn["compute"]]))
     frontier_note = (
