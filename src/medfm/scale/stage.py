@@ -14,6 +14,7 @@ import copy
 import functools
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def _random_batch(config: PretrainConfig, method, size: int) -> dict[str, torch.
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
+def images_per_run(config: PretrainConfig) -> int:
+    """Images a pretraining run sees (on one process: the scale stage runs a cell in one)."""
+    return config.train.steps * config.train.batch_size * config.train.accum_steps
+
+
 _flops_per_image: dict[str, float] = {}  # by architecture and method settings: the same for every cell
 
 
@@ -131,8 +137,9 @@ def heldout_loss(config: PretrainConfig, bundle: Path, pictures: int) -> float:
     method = build_method(config)
     method.load_state_dict(load_bundle(bundle).state)
     try:
+        data = config.data  # the run's data mix, on pictures no run trained on
         images = CorpusImages(
-            config.data.corpus, method.views(), split="val", modalities=config.data.modalities
+            data.corpus, method.views(), split="val", modalities=data.modalities, sources=data.sources
         )
     except DataError:  # a corpus without a validation split
         return float("nan")
@@ -149,17 +156,17 @@ def heldout_loss(config: PretrainConfig, bundle: Path, pictures: int) -> float:
 
 def run_scale_cell(config: ScaleCellConfig, folder: Path) -> CellOutput:
     """Pretrain, take the held-out loss, evaluate the bundle; the cost record holds the fit's inputs."""
-    from medfm.measure import count_parameters, measure
+    from medfm.measure import count_parameters
     from medfm.models.encoders import create_encoder
     from medfm.pretrain.job import run_pretrain
 
     pretrain = copy.deepcopy(config.pretrain)
     pretrain.output = str(folder / "pretrain")
-    with measure() as cost:
-        run_pretrain(pretrain)
+    started = time.monotonic()
+    run_pretrain(pretrain)
+    seconds = time.monotonic() - started
     bundle = folder / "pretrain" / "bundle"
-    train = pretrain.train
-    images_seen = train.steps * train.batch_size * train.accum_steps
+    images_seen = images_per_run(pretrain)
     flops_per_image = training_flops_per_image(pretrain)
     record = {
         "model": pretrain.encoder,
@@ -167,12 +174,12 @@ def run_scale_cell(config: ScaleCellConfig, folder: Path) -> CellOutput:
         "stage": "pretrain",
         "parameters": count_parameters(create_encoder(bundle)),
         "pictures": pretraining_pictures(pretrain),
-        "steps": train.steps,
+        "steps": pretrain.train.steps,
         "images_seen": images_seen,
         "train_flops_per_image": flops_per_image,
         "train_flops": flops_per_image * images_seen,
         "heldout_loss": heldout_loss(pretrain, bundle, config.heldout_pictures),
-        "pretrain_seconds": round(cost.wall_seconds, 2),
+        "pretrain_seconds": round(seconds, 2),
     }
     evaluation = copy.deepcopy(config.eval)
     evaluation.encoder = str(bundle)
@@ -186,8 +193,7 @@ def scale_inputs(config: ScaleCellConfig) -> dict[str, Path]:
 
 def scale_cost(config: ScaleCellConfig) -> float:
     """Estimated work: pretraining FLOPs (evaluation is small beside it)."""
-    train = config.pretrain.train
-    return training_flops_per_image(config.pretrain) * train.steps * train.batch_size * train.accum_steps
+    return training_flops_per_image(config.pretrain) * images_per_run(config.pretrain)
 
 
 def scale_cards(config: ScaleCellConfig) -> dict[str, str]:
