@@ -194,3 +194,15 @@ def test_bad_cells_are_refused_when_the_grid_loads(where, message, tiny_corpus, 
     path.write_text(yaml.safe_dump(grid))
     with pytest.raises((ConfigError, DataError), match=message):
         load_scale_grid(path)
+
+
+def test_a_runs_data_mix_is_named_by_its_axis_or_its_filters():
+    from medfm.scale.study import mix_name
+
+    def config(modalities=(), sources=()):
+        return {"pretrain": {"data": {"modalities": list(modalities), "sources": list(sources)}}}
+
+    assert mix_name(config(), {}) == "all"
+    assert mix_name(config(["xray", "ct"]), {}) == "xray+ct"
+    assert mix_name(config(sources=["pneumoniamnist"]), {}) == "pneumoniamnist"
+    assert mix_name(config(["xray"]), {"mix": "chest only"}) == "chest only"
