@@ -193,4 +193,3 @@ def _register_eval() -> None:
 
 
 _register_eval()
-
