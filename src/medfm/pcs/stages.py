@@ -70,7 +70,7 @@ def get_stage(name: str) -> Stage:
 
 
 @functools.cache
-def _eval_memo():
+def eval_memo():
     """This process's memo of loaded tasks and features, shared by the cells it runs."""
     from medfm.evaluate.suite import EvalMemo
 
@@ -86,14 +86,15 @@ def eval_rows(folder: Path) -> pd.DataFrame:
     return rows
 
 
-def run_eval_cell(config, folder: Path) -> CellOutput:
+def run_eval_cell(config, folder: Path, memo=None) -> CellOutput:
+    """One evaluation; ``memo`` (default: this process's) holds loaded tasks and features to reuse."""
     from medfm.evaluate.predictions import Predictions
     from medfm.evaluate.suite import run_eval
     from medfm.runs import read_metrics
 
     config = copy.deepcopy(config)
     config.output = str(folder)
-    run_eval(config, memo=_eval_memo())
+    run_eval(config, memo=memo or eval_memo())
     rows = eval_rows(folder)
     predictions = []
     for path in sorted((folder / "predictions").glob("*/*.npz")):  # test predictions (val sit deeper)
@@ -135,7 +136,7 @@ def eval_cards(config) -> dict[str, str]:
     from medfm.evaluate.encoders import bundle_path
     from medfm.evaluate.tasks import TASKS
 
-    memo = _eval_memo()
+    memo = eval_memo()
     data_lines = []
     for name in config.tasks:
         options = config.task_options.get(name, {})
@@ -187,7 +188,7 @@ def _register_eval() -> None:
             inputs=eval_inputs,
             metrics=METRICS,
             affinity=eval_affinity,
-            forget=_eval_memo.cache_clear,
+            forget=eval_memo.cache_clear,
         ),
     )
 

@@ -329,10 +329,12 @@ def draw_compute_curves(points: pd.DataFrame, fits: pd.DataFrame, metric: str, p
     figure, panels = _panel_grid(len(tasks), 3, (4.3, 3.6))
     for ax, task in zip(panels, tasks):
         rows = _rows(data, task=task)
-        span = np.geomspace(rows["train_flops"].min(), rows["train_flops"].max(), 60)
         handles = []
         for method, mix in _groups(rows):
             series = _rows(rows, method=method, mix=mix).sort_values("train_flops")
+            span = np.geomspace(
+                series["train_flops"].min(), series["train_flops"].max(), 60
+            )  # no extrapolation
             style = mixes.index(mix)
             marker, linestyle = _MARKERS[style % len(_MARKERS)], _LINE_STYLES[style % len(_LINE_STYLES)]
             ax.errorbar(

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError
-from medfm.evaluate.suite import EvalConfig
-from medfm.pcs.stages import STAGES, CellOutput, Stage, eval_inputs, run_eval_cell
+from medfm.evaluate.suite import EvalConfig, EvalMemo
+from medfm.pcs.stages import STAGES, CellOutput, Stage, eval_inputs, eval_memo, run_eval_cell
 from medfm.pretrain.config import PretrainConfig
 
 
@@ -183,7 +183,9 @@ def run_scale_cell(config: ScaleCellConfig, folder: Path) -> CellOutput:
     }
     evaluation = copy.deepcopy(config.eval)
     evaluation.encoder = str(bundle)
-    output = run_eval_cell(evaluation, folder / "eval")
+    # loaded tasks are shared with later cells; this encoder's features are not (no other cell has it)
+    memo = EvalMemo(tasks=eval_memo().tasks)
+    output = run_eval_cell(evaluation, folder / "eval", memo)
     return CellOutput(output.rows, output.predictions, [record, *output.costs])
 
 
@@ -219,7 +221,6 @@ def scale_cards(config: ScaleCellConfig) -> dict[str, str]:
 
 def _register_scale() -> None:
     from medfm.evaluate.metrics import METRICS
-    from medfm.pcs.stages import _eval_memo
 
     STAGES.register(
         "scale",
@@ -243,7 +244,7 @@ def _register_scale() -> None:
             inputs=scale_inputs,
             metrics=METRICS,
             cost=scale_cost,
-            forget=_eval_memo.cache_clear,
+            forget=eval_memo.cache_clear,
         ),
     )
 

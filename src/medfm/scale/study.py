@@ -102,13 +102,13 @@ def points_table(runs: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 
 def task_factors(grid: Grid) -> pd.DataFrame:
     """BioVFM's dataset factors of every task the grid evaluates, at the evaluation's picture size."""
-    from medfm.pcs.stages import _eval_memo
+    from medfm.pcs.stages import eval_memo
 
     config = grid.cell_config(grid.cells[0])
     size = config.eval.image_size or config.pretrain.image_size
     rows = []
     for name in config.eval.tasks:
-        data = _eval_memo().task(name, config.eval.task_options.get(name, {}))
+        data = eval_memo().task(name, config.eval.task_options.get(name, {}))
         try:
             rows.append(dataset_factors(data, size=size))
         except ValueError as err:  # signals and series have no pictures
