@@ -35,7 +35,8 @@ def _label(row: pd.Series | dict) -> str:
     return f"{row['model']} / {row['protocol']}{setting}"
 
 
-def _main(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+def whole_set_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Rows of ``split`` over all subjects (and, on test, the whole test set rather than a named subset)."""
     keep = (table["split"] == split) & (table["subgroup"] == "all")
     if split == "test":
         keep &= table["eval_set"] == "test"
@@ -45,9 +46,9 @@ def _main(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 def predictability(results: pd.DataFrame, stability: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     """Per model: its validation score on the check metric, how many cells passed, test metrics."""
     check = grid.config.check.metric or next(iter(grid.config.report_metrics), grid.stage.metrics[0])
-    val = _main(results, "val")
+    val = whole_set_rows(results, "val")
     val = val[val["metric"] == check]
-    test = _main(stability)
+    test = whole_set_rows(stability)
     rows = []
     runs = results[["task", "model", "protocol", "setting", "cell", "passed"]].drop_duplicates()
     for (task, model, protocol, setting), group in runs.groupby(["task", "model", "protocol", "setting"]):
@@ -73,7 +74,7 @@ def predictability(results: pd.DataFrame, stability: pd.DataFrame, grid: Grid) -
 
 
 def stability_view(stability: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    test = _main(stability)
+    test = whole_set_rows(stability)
     test = test[test["metric"].isin(metrics)]
     return pd.DataFrame(
         {
@@ -94,7 +95,7 @@ def stability_view(stability: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def effects_view(effects: pd.DataFrame, metric: str) -> pd.DataFrame:
-    test = _main(effects)
+    test = whole_set_rows(effects)
     test = test[test["metric"] == metric]
     return pd.DataFrame(
         {
@@ -173,7 +174,7 @@ def compute_views(compute: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def draw_stability(results: pd.DataFrame, axes: list[str], task: str, metric: str, path: Path) -> Path:
     """One panel per axis: every passing cell's test value per alternative, a line through the means."""
-    data = _main(results)
+    data = whole_set_rows(results)
     data = data[(data["task"] == task) & (data["metric"] == metric) & data["passed"]]
     data = data.assign(label=data.apply(_label, axis=1))
     labels = sorted(data["label"].unique())

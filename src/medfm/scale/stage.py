@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from medfm.errors import ConfigError
 from medfm.evaluate.suite import EvalConfig, EvalMemo
@@ -92,7 +93,7 @@ def _random_batch(config: PretrainConfig, method, size: int) -> dict[str, torch.
     samples = [
         view(torch.rand(config.in_chans, side, side, generator=generator), generator) for _ in range(size)
     ]
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+    return default_collate(samples)
 
 
 def images_per_run(config: PretrainConfig) -> int:
@@ -149,7 +150,7 @@ def heldout_loss(config: PretrainConfig, bundle: Path, pictures: int) -> float:
         torch.manual_seed(0)  # MAE draws its masks from the global generator
         for start in range(0, len(picked), batch_size):
             samples = [images[(int(i), int(i))] for i in picked[start : start + batch_size]]
-            batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+            batch = default_collate(samples)
             losses.append(float(method(batch)["loss"]) * len(samples))
     return sum(losses) / len(picked)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from medfm.errors import ConfigError
 from medfm.log import get_logger
 from medfm.pcs.grid import Grid, load_grid
-from medfm.pcs.report import _main, reproducibility_lines, write_document
+from medfm.pcs.report import reproducibility_lines, whole_set_rows, write_document
 from medfm.pcs.runner import read_cell, read_rows, run_grid
 from medfm.scale.bootstrap import exponent_bootstrap, load_probe_predictions
 from medfm.scale.factors import dataset_factors
@@ -94,7 +94,7 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
 
 def points_table(runs: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """Every run's linear-probe test scores (whole test set, all patients), one row per task and metric."""
-    scores = _main(results)
+    scores = whole_set_rows(results)
     scores = scores[scores["protocol"] == "linear_probe"]
     scores = scores[["cell", "task", "metric", "value", "ci_low", "ci_high"]]
     return runs.merge(scores, on="cell", how="inner")
