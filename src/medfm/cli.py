@@ -287,6 +287,22 @@ def scale(
     )
 
 
+@app.command("federate")
+@friendly_errors
+def federate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="federation YAML (see configs/federated/)")],
+    overrides: Overrides = None,
+) -> None:
+    """Run a federation on Flower: partition the tasks' data across clients, run each strategy (resuming a
+    stopped one), train the local-only and centralised baselines, and write the report."""
+    from medfm.config import load_config
+    from medfm.federated.config import FederateConfig
+    from medfm.federated.job import run_federate
+
+    run_dir = run_federate(load_config(FederateConfig, config, overrides or []))
+    console.print(f"[bold green]federation report:[/] {run_dir / 'report.html'}  ({run_dir / 'federation.md'})")
+
+
 @pcs_app.command("reproduce")
 @friendly_errors
 def pcs_reproduce(

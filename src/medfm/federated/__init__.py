@@ -1,0 +1,1 @@
+"""Federated learning on medical tasks, simulated with clients that each hold some subjects' data."""

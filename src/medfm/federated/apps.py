@@ -1,0 +1,282 @@
+"""The Flower apps of a medfm federation, on Flower's Message API.
+
+**ClientApp** (one per hospital): holds one client file of :mod:`medfm.federated.data`, found from the node's
+``data-path`` (deployment: ``flower-supernode --node-config "data-path='...'"``) or, in simulation, from
+the run's ``federation-dir`` and the node's ``partition-id``. On a train message it loads the global
+weights, trains every task it holds (FedProx's proximal term when the message carries ``proximal-mu``)
+and replies with its weights and, per task, its example count and loss. On an evaluate message it scores
+the global model on its own test examples. The model spec and the training settings come in the message,
+so a client needs nothing but its data.
+
+**ServerApp**: reads the resolved federation config (``config-file``), builds the model and the chosen
+strategy behind :class:`~medfm.federated.strategies.GuardedStrategy`, and runs ``Strategy.start`` with a
+server-side evaluation each round on the pooled validation and test splits. Each round's global weights
+are saved (safetensors) with a metrics line; the round with the best mean validation AUROC is kept as
+``best.safetensors``; a run started again over the same output resumes after its last saved round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import load_file, save_file
+
+from medfm.config import load_config
+from medfm.errors import ConfigError
+from medfm.federated.config import AttackConfig, FederateConfig, LocalTrainingConfig, StrategyConfig
+from medfm.federated.data import Split, read_federation, read_holder
+from medfm.federated.local import predict, scores, train_task
+from medfm.federated.model import build_model, load_arrays, task_keys, to_arrays
+from medfm.federated.privacy import wrap_privacy
+from medfm.federated.strategies import WEIGHT, GuardedStrategy, build_strategy
+from medfm.log import get_logger
+
+log = get_logger("federated.apps")
+
+# ---------------------------------------------------------------- client side
+
+
+class ClientState:
+    """What a client process keeps between rounds: its data and a model built from the first message."""
+
+    def __init__(self, data_path: Path, partition_id: int):
+        self.path = data_path
+        self.partition_id = partition_id
+        self.data = read_holder(data_path)
+        self.model: torch.nn.ModuleDict | None = None
+
+    def ready_model(self, config: ConfigRecord, arrays: ArrayRecord) -> torch.nn.ModuleDict:
+        if self.model is None:
+            self.model = build_model(json.loads(str(config["model-spec"])))
+        load_arrays(self.model, arrays)
+        return self.model
+
+
+_clients: dict[str, ClientState] = {}
+
+
+def client_state(context: Context, federation_dir: str = "") -> ClientState:
+    node, run = context.node_config, context.run_config
+    partition = int(node.get("partition-id", -1))
+    path = node.get("data-path")
+    if not path:
+        folder = run.get("federation-dir") or federation_dir
+        if not folder or partition < 0:
+            raise ConfigError("a medfm client needs node config data-path, or federation-dir and partition-id")
+        path = str(Path(str(folder)) / f"client_{partition}.safetensors")
+    if path not in _clients:
+        _clients[str(path)] = ClientState(Path(str(path)), partition)
+    return _clients[str(path)]
+
+
+def training_config(config: ConfigRecord) -> LocalTrainingConfig:
+    return LocalTrainingConfig(**json.loads(str(config["training"])))
+
+
+def attack(arrays: ArrayRecord, attack: AttackConfig, seed: int) -> ArrayRecord:
+    """The update a misbehaving client sends instead of ``arrays`` (see :class:`AttackConfig`)."""
+    state = arrays.to_torch_state_dict()
+    if attack.kind == "noise":
+        generator = torch.Generator().manual_seed(seed)
+        state = {k: v + attack.scale * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+    elif attack.kind == "nan":
+        state = {k: torch.full_like(v, math.nan) for k, v in state.items()}
+    elif attack.kind == "shape":
+        first = next(iter(state))
+        state[first] = torch.zeros(*state[first].shape, 2)
+    return ArrayRecord(state)
+
+
+def make_client_app(federation_dir: str = "") -> ClientApp:
+    """The ClientApp; ``federation_dir`` is where simulated clients find their files."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        state = client_state(context, federation_dir)
+        config = msg.content["config"]
+        if int(config.get("threads", 0)) > 0:
+            torch.set_num_threads(int(config["threads"]))
+        model = state.ready_model(config, msg.content["arrays"])
+        training = training_config(config)
+        mu = float(config.get("proximal-mu", 0.0))
+        server_round = int(config["server-round"])
+        metrics: dict[str, float | int] = {"partition-id": state.partition_id}
+        total = 0
+        for task in model:
+            held = state.data.get(task, {}).get("train")
+            count = len(held) if held is not None else 0
+            result = {"loss": 0.0}
+            if count:
+                seed = 1000 * server_round + state.partition_id
+                result = train_task(model[task], held, training, epochs=training.epochs, seed=seed, proximal_mu=mu)
+            metrics[f"{WEIGHT}/{task}"] = count
+            metrics[f"train-loss/{task}"] = result["loss"]
+            total += count
+        metrics[WEIGHT] = total
+        arrays = to_arrays(model)
+        attack_config = AttackConfig(**json.loads(str(config.get("attack", "{}"))))
+        if attack_config.kind != "none" and state.partition_id in attack_config.clients:
+            arrays = attack(arrays, attack_config, server_round)
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        state = client_state(context, federation_dir)
+        model = state.ready_model(msg.content["config"], msg.content["arrays"])
+        metrics: dict[str, float | int] = {"partition-id": state.partition_id}
+        total = 0
+        for task in model:
+            held = state.data.get(task, {}).get("test")
+            values = scores(model[task], held) if held is not None else {"auroc": 0.0, "loss": 0.0}
+            count = len(held) if held is not None else 0
+            metrics[f"{WEIGHT}/{task}"] = count
+            metrics[f"auroc/{task}"] = values["auroc"] if count else 0.0
+            metrics[f"loss/{task}"] = values["loss"] if count else 0.0
+            total += count
+        metrics[WEIGHT] = total
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+# ---------------------------------------------------------------- server side
+
+
+def find_strategy(config: FederateConfig, label: str) -> StrategyConfig:
+    for strategy in config.strategies:
+        if label in (strategy.label, strategy.name):
+            return strategy
+    raise ConfigError(f"no strategy {label!r} in the config; strategies: {[s.label for s in config.strategies]}")
+
+
+def saved_rounds(folder: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in folder.glob("round_*.safetensors"))
+
+
+class ServerRun:
+    """One strategy's federation on the server: evaluation each round, saved rounds, best model."""
+
+    def __init__(self, config: FederateConfig, strategy: StrategyConfig, federation_dir: Path, output: Path):
+        self.config, self.strategy_config = config, strategy
+        # Simulated clients run side by side, one core each; in-process ones take the configured threads.
+        self.client_threads = 1 if config.runtime == "simulation" else config.threads
+        self.federation = read_federation(federation_dir)
+        self.server = read_holder(federation_dir / "server.safetensors")
+        self.output = output
+        self.rounds_dir = output / "rounds"
+        self.rounds_dir.mkdir(parents=True, exist_ok=True)
+        self.model = build_model(self.federation["tasks"], config.seed)
+        self.offset = 0
+        self.best = {"round": -1, "val_auroc": -math.inf}
+        best_file = output / "best.json"
+        if best_file.is_file():
+            self.best = json.loads(best_file.read_text())
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The model's initial weights, or the last saved round's when resuming."""
+        done = saved_rounds(self.rounds_dir)
+        if done:
+            self.offset = done[-1]
+            log.info("resuming %s after round %d", self.output.name, self.offset)
+            return ArrayRecord(load_file(str(self.rounds_dir / f"round_{self.offset}.safetensors")))
+        return to_arrays(self.model)
+
+    def split_scores(self, split: str) -> dict[str, dict[str, float]]:
+        return {task: scores(self.model[task], parts[split]) for task, parts in self.server.items() if split in parts}
+
+    def evaluate(self, strategy: GuardedStrategy, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Flower's ``evaluate_fn``: score the global model, save the round, keep the best."""
+        current = server_round + self.offset
+        load_arrays(self.model, arrays)
+        val, test = self.split_scores("val"), self.split_scores("test")
+        val_auroc = float(np.nanmean([v["auroc"] for v in val.values()])) if val else math.nan
+        record = {
+            "round": current,
+            "val_auroc": val_auroc,
+            **{f"val_auroc/{t}": v["auroc"] for t, v in val.items()},
+            **{f"test_auroc/{t}": v["auroc"] for t, v in test.items()},
+            **{f"test_loss/{t}": v["loss"] for t, v in test.items()},
+            "clients": [s for s in strategy.client_scores if s["round"] == server_round],
+            "events": [e for e in strategy.events if e["round"] == server_round],
+        }
+        if server_round > 0 or self.offset == 0:
+            save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}, str(self.rounds_dir / f"round_{current}.safetensors"))
+            with (self.output / "rounds.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if val_auroc > self.best["val_auroc"]:
+            self.best = {"round": current, "val_auroc": val_auroc}
+            save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}, str(self.output / "best.safetensors"))
+            (self.output / "best.json").write_text(json.dumps(self.best))
+        log.info("%s round %d: mean val AUROC %.3f", self.strategy_config.label, current, val_auroc)
+        return MetricRecord({"val_auroc": val_auroc})
+
+    def run(self, grid: Grid) -> dict[str, Any]:
+        keys = task_keys(self.model)
+        config, strategy_config = self.config, self.strategy_config
+
+        def make() -> Any:
+            inner = build_strategy(strategy_config, min_clients=config.min_clients, fraction_train=config.fraction_train)
+            return wrap_privacy(inner, config.privacy, config.clients, config.fraction_train)
+
+        guarded = GuardedStrategy(make, keys)
+        arrays = self.initial_arrays()
+        remaining = config.rounds - self.offset
+        train_config = ConfigRecord(
+            {
+                "model-spec": json.dumps(self.federation["tasks"]),
+                "training": json.dumps(asdict(config.training)),
+                "attack": json.dumps(asdict(config.attack)),
+                "threads": self.client_threads,
+            }
+        )
+        if remaining > 0:
+            guarded.start(
+                grid=grid,
+                initial_arrays=arrays,
+                num_rounds=remaining,
+                timeout=config.round_timeout,
+                train_config=train_config,
+                evaluate_config=ConfigRecord({"model-spec": train_config["model-spec"]}),
+                evaluate_fn=lambda r, a: self.evaluate(guarded, r, a),
+            )
+        self.save_best_predictions()
+        return self.best
+
+    def save_best_predictions(self) -> None:
+        """Test probabilities of the best round's model, for the report's intervals."""
+        self.model.load_state_dict(load_file(str(self.output / "best.safetensors")), strict=False)
+        for task, parts in self.server.items():
+            test: Split = parts["test"]
+            np.savez(self.output / f"test_{task}.npz", y=test.y.numpy(), prob=predict(self.model[task], test), subjects=test.subjects.astype(str))
+
+
+def make_server_app(config_file: str = "", strategy: str = "", federation_dir: str = "", output: str = "") -> ServerApp:
+    """The ServerApp; the arguments are defaults for the run config keys of the same names."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run = context.run_config
+        config = load_config(FederateConfig, str(run.get("config-file") or config_file))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        chosen = find_strategy(config, str(run.get("strategy") or strategy))
+        folder = Path(str(run.get("federation-dir") or federation_dir))
+        ServerRun(config, chosen, folder, Path(str(run.get("output-dir") or output))).run(grid)
+
+    return app
+
+
+# Entry points of a deployed federation (``flwr run`` with the app in deploy/; see docs).
+client_app = make_client_app()
+server_app = make_server_app()

@@ -1,0 +1,145 @@
+"""The configuration of a federation: tasks and their partitions, strategies, local training, baselines,
+privacy, runtime. Typed dataclasses, loaded from YAML with ``key=value`` overrides (:mod:`medfm.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from medfm.errors import ConfigError
+from medfm.federated.partition import PartitionConfig
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "krum", "trimmed_mean")
+BASELINES = ("local", "centralised")
+RUNTIMES = ("simulation", "inprocess")
+DP_MODES = ("none", "client_fixed", "server_fixed")
+OPTIMISERS = ("adamw", "sgd")
+
+
+@dataclass
+class FedTaskConfig:
+    name: str = "icu_mortality"  # a registered federated task (medfm federate --help lists them)
+    root: str = ""  # data folder ("": the task's folder under MEDFM_DATA_ROOT)
+    encoder: str = ""  # registered encoder or bundle folder ("": the task's lightweight encoder)
+    image_size: int = 32  # image tasks: side the images are resized to
+    signal_length: int = 9000  # ECG tasks: samples per record (30 s at 300 Hz), centre crop or pad
+    limit: int = 0  # read at most this many examples (0: all; smoke runs)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+
+
+@dataclass
+class StrategyConfig:
+    """A Flower strategy by name, with the settings the report shows it under (``label``)."""
+
+    name: str = "fedavg"
+    label: str = ""
+    proximal_mu: float = 0.01  # fedprox: weight of the proximal term on each client
+    server_lr: float = 0.01  # fedadam / fedyogi: the server's step (Flower's eta)
+    tau: float = 1e-3  # fedadam / fedyogi: adaptivity
+    trim_beta: float = 0.2  # trimmed_mean: fraction cut at each end
+    byzantine: int = 1  # krum: number of malicious clients it tolerates
+
+    def __post_init__(self):
+        if self.name not in STRATEGIES:
+            raise ConfigError(f"strategy {self.name!r} is not one of {STRATEGIES}")
+        if not self.label:
+            self.label = self.name if self.name != "fedprox" else f"fedprox (mu={self.proximal_mu:g})"
+
+
+@dataclass
+class LocalTrainingConfig:
+    epochs: int = 1  # local epochs per round (baselines train rounds x epochs)
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimiser: str = "adamw"
+    weight_decay: float = 1e-4
+    max_steps: int = 0  # cap on a client's steps per round (0: none)
+
+    def __post_init__(self):
+        if self.optimiser not in OPTIMISERS:
+            raise ConfigError(f"training.optimiser must be one of {OPTIMISERS}, got {self.optimiser!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("training.epochs and batch_size must be >= 1 and lr > 0")
+
+
+@dataclass
+class PrivacyConfig:
+    """Client-level differential privacy through Flower's DP strategy wrappers (updates clipped to
+    ``clipping_norm``, Gaussian noise of ``noise_multiplier * clipping_norm`` on the sum), with the
+    (epsilon, delta) it gives reported; ``secagg`` aggregates through Flower's SecAgg+ protocol."""
+
+    dp: str = "none"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+    secagg: bool = False
+
+    def __post_init__(self):
+        if self.dp not in DP_MODES:
+            raise ConfigError(f"privacy.dp must be one of {DP_MODES}, got {self.dp!r}")
+        if self.clipping_norm <= 0 or self.noise_multiplier < 0 or not 0 < self.delta < 1:
+            raise ConfigError("privacy: clipping_norm > 0, noise_multiplier >= 0 and 0 < delta < 1 are required")
+
+
+ATTACKS = ("none", "noise", "nan", "shape")
+
+
+@dataclass
+class AttackConfig:
+    """Clients that misbehave, for robustness studies: ``noise`` sends the trained weights plus Gaussian
+    noise of standard deviation ``scale`` (model poisoning), ``nan`` sends NaNs, ``shape`` a tensor of the
+    wrong shape. The server's guard must reject the last two; only robust strategies survive the first."""
+
+    kind: str = "none"
+    clients: list[int] = field(default_factory=list)  # partition ids of the attackers
+    scale: float = 10.0
+
+    def __post_init__(self):
+        if self.kind not in ATTACKS:
+            raise ConfigError(f"attack.kind must be one of {ATTACKS}, got {self.kind!r}")
+
+
+@dataclass
+class FederateConfig:
+    name: str = "federation"
+    output: str = "runs/federated"  # the run folder is <output>/<name>
+    tasks: list[FedTaskConfig] = field(default_factory=lambda: [FedTaskConfig()])
+    clients: int = 5
+    rounds: int = 5
+    fraction_train: float = 1.0  # share of clients sampled per round
+    min_clients: int = 2  # a round needs at least this many clients (Flower's min_available/min_train)
+    round_timeout: float = 600.0  # seconds the server waits for a round's replies
+    strategies: list[StrategyConfig] = field(
+        default_factory=lambda: [StrategyConfig("fedavg"), StrategyConfig("fedprox")]
+    )
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    training: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    runtime: str = "simulation"  # simulation: Flower's simulation engine; inprocess: same apps, no Ray
+    seed: int = 0
+    n_boot: int = 1000  # subject bootstrap resamples of the test intervals
+    threads: int = 0  # torch threads per process (0: torch's default)
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ConfigError("a federation needs at least one task")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks appear twice: {names}")
+        if self.clients < 1 or self.rounds < 1:
+            raise ConfigError("clients and rounds must be at least 1")
+        if not 1 <= self.min_clients <= self.clients:
+            raise ConfigError(f"min_clients must be between 1 and clients ({self.clients}), got {self.min_clients}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ConfigError(f"unknown baseline(s) {unknown}; known: {BASELINES}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        outside = [c for c in self.attack.clients if not 0 <= c < self.clients]
+        if outside:
+            raise ConfigError(f"attack.clients {outside} are not partition ids 0..{self.clients - 1}")
+        labels = [s.label for s in self.strategies]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"two strategies share a label {labels}; give each a distinct label")
