@@ -36,7 +36,7 @@ from medfm.federated.config import AttackConfig, FederateConfig, LocalTrainingCo
 from medfm.federated.data import Split, read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
 from medfm.federated.model import build_model, load_arrays, task_keys, to_arrays
-from medfm.federated.privacy import wrap_privacy
+from medfm.federated.privacy import clip_when_asked, dp_sample_size, wrap_privacy
 from medfm.federated.strategies import WEIGHT, GuardedStrategy, build_strategy
 from medfm.log import get_logger
 
@@ -100,7 +100,7 @@ def make_client_app(federation_dir: str = "") -> ClientApp:
     """The ClientApp; ``federation_dir`` is where simulated clients find their files."""
     app = ClientApp()
 
-    @app.train()
+    @app.train(mods=[clip_when_asked])
     def train(msg: Message, context: Context) -> Message:
         state = client_state(context, federation_dir)
         config = msg.content["config"]
@@ -224,11 +224,13 @@ class ServerRun:
         keys = task_keys(self.model)
         config, strategy_config = self.config, self.strategy_config
 
+        least = dp_sample_size(config.privacy, config.clients, config.fraction_train, config.min_clients)
+
         def make() -> Any:
-            inner = build_strategy(strategy_config, min_clients=config.min_clients, fraction_train=config.fraction_train)
+            inner = build_strategy(strategy_config, min_clients=least, fraction_train=config.fraction_train)
             return wrap_privacy(inner, config.privacy, config.clients, config.fraction_train)
 
-        guarded = GuardedStrategy(make, keys)
+        guarded = GuardedStrategy(make, keys, equal_weights=config.privacy.dp != "none")
         arrays = self.initial_arrays()
         remaining = config.rounds - self.offset
         train_config = ConfigRecord(

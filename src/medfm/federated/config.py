@@ -140,6 +140,16 @@ class FederateConfig:
         outside = [c for c in self.attack.clients if not 0 <= c < self.clients]
         if outside:
             raise ConfigError(f"attack.clients {outside} are not partition ids 0..{self.clients - 1}")
+        if self.privacy.dp != "none":
+            averaging = {"fedavg", "fedprox"}
+            other = [s.label for s in self.strategies if s.name not in averaging]
+            if other:
+                raise ConfigError(
+                    f"differential privacy calibrates its noise to a mean of clipped updates (fedavg, fedprox); "
+                    f"strategies {other} aggregate otherwise"
+                )
+            if len(self.tasks) > 1:
+                raise ConfigError("differential privacy is accounted for one task per federation; run one task")
         labels = [s.label for s in self.strategies]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"two strategies share a label {labels}; give each a distinct label")

@@ -1,8 +1,19 @@
-"""Privacy options of a federation: client-level differential privacy through Flower's DP strategy wrappers,
-with the (epsilon, delta) it spends, and secure aggregation."""
+"""Client-level differential privacy through Flower's DP strategy wrappers, with the (epsilon, delta) spent.
+
+DP-FedAvg (McMahan et al. 2018): each sampled client's update is clipped to L2 norm ``clipping_norm`` (on
+the client with ``client_fixed``, by Flower's ``fixedclipping_mod``; on the server with ``server_fixed``)
+and the server adds Gaussian noise of standard deviation ``noise_multiplier * clipping_norm / sampled`` to
+the mean update. That noise protects a whole client only if every client weighs the same in the mean, so a
+private federation averages clients equally (not by examples). The privacy spent is accounted with
+Flower's RDP accountant (Google's dp-accounting) for one Gaussian release per round, without amplification
+by sampling, as Flower's fixed-clipping wrappers account.
+"""
 
 from __future__ import annotations
 
+from flwr.app import Context, Message
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -10,6 +21,18 @@ from flwr.serverapp.strategy import (
 )
 
 from medfm.federated.config import PrivacyConfig
+
+# The key under which Flower's client-side DP wrapper sends the clipping norm to the clients.
+CLIPPING_NORM_KEY = "clipping_norm"
+
+
+def clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` on train messages that carry a clipping norm, so one ClientApp serves
+    private and non-private federations."""
+    config = next(iter(msg.content.config_records.values()), {})
+    if CLIPPING_NORM_KEY in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
 def sampled_clients(clients: int, fraction: float) -> int:
@@ -26,6 +49,11 @@ def wrap_privacy(strategy: Strategy, privacy: PrivacyConfig, clients: int, fract
         else DifferentialPrivacyServerSideFixedClipping
     )
     return wrapper(strategy, privacy.noise_multiplier, privacy.clipping_norm, sampled_clients(clients, fraction))
+
+
+def dp_sample_size(privacy: PrivacyConfig, clients: int, fraction: float, min_clients: int) -> int:
+    """Clients a round samples: under DP every round must sample the count the noise is calibrated to."""
+    return sampled_clients(clients, fraction) if privacy.dp != "none" else min_clients
 
 
 def privacy_spent(config) -> dict:

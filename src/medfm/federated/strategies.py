@@ -104,12 +104,14 @@ def client_of(reply: Message) -> int:
 class GuardedStrategy(Strategy):
     """Per-task Flower strategies behind update checks (see the module docstring).
 
-    ``make_strategy`` builds one inner strategy; ``task_keys`` maps each task to its tensor names.
+    ``make_strategy`` builds one inner strategy; ``task_keys`` maps each task to its tensor names;
+    ``equal_weights`` averages clients equally (differential privacy needs it) instead of by examples.
     ``events`` collects what the guard saw, one dict per rejected, failed or missing update.
     """
 
-    def __init__(self, make_strategy: Callable[[], Strategy], task_keys: dict[str, list[str]]):
+    def __init__(self, make_strategy: Callable[[], Strategy], task_keys: dict[str, list[str]], equal_weights: bool = False):
         self.task_keys = task_keys
+        self.equal_weights = equal_weights
         self.inner = {task: make_strategy() for task in task_keys}
         self.primary = self.inner[next(iter(task_keys))]
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -173,8 +175,9 @@ class GuardedStrategy(Strategy):
                 examples = metrics.get(f"{WEIGHT}/{task}", 0)
                 if examples > 0:
                     arrays = next(iter(reply.content.array_records.values()))
+                    weight = 1 if self.equal_weights else examples
                     part = RecordDict(
-                        {"arrays": self._subset(arrays, task), "metrics": MetricRecord({WEIGHT: examples})}
+                        {"arrays": self._subset(arrays, task), "metrics": MetricRecord({WEIGHT: weight})}
                     )
                     held.append(with_content(reply, part))
             if not held:
