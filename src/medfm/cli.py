@@ -291,16 +291,25 @@ def scale(
 @friendly_errors
 def federate(
     config: Annotated[Path, typer.Option("--config", "-c", help="federation YAML (see configs/federated/)")],
+    prepare_only: Annotated[
+        bool, typer.Option(help="only write the clients' and server's files (for a deployment; see deploy/)")
+    ] = False,
     overrides: Overrides = None,
 ) -> None:
     """Run a federation on Flower: partition the tasks' data across clients, run each strategy (resuming a
     stopped one), train the local-only and centralised baselines, and write the report."""
     from medfm.config import load_config
     from medfm.federated.config import FederateConfig
-    from medfm.federated.job import run_federate
+    from medfm.federated.job import prepare_run, run_federate
 
-    run_dir = run_federate(load_config(FederateConfig, config, overrides or []))
-    console.print(f"[bold green]federation report:[/] {run_dir / 'report.html'}  ({run_dir / 'federation.md'})")
+    settings = load_config(FederateConfig, config, overrides or [])
+    if prepare_only:
+        run_dir = prepare_run(settings)
+        console.print(f"[bold green]prepared:[/] {run_dir / 'federation'} (config {run_dir / 'config.yaml'})")
+        return
+    run_dir = run_federate(settings)
+    report, document = run_dir / "report.html", run_dir / "federation.md"
+    console.print(f"[bold green]federation report:[/] {report}  ({document})")
 
 
 @pcs_app.command("reproduce")

@@ -38,7 +38,25 @@ def reply(node: int, arrays: ArrayRecord, examples: dict[str, int]) -> Message:
         ttl=60,
         message_type="train",
     )
-    return Message(metadata=metadata, content=RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}))
+    return Message(
+        metadata=metadata, content=RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+    )
+
+
+def sent_to(node: int) -> Message:
+    """The train message the server sent to ``node`` (as the grid leaves it: id stamped)."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"q{node}",
+        src_node_id=0,
+        dst_node_id=node,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=60,
+        message_type="train",
+    )
+    return Message(metadata=metadata, content=RecordDict())
 
 
 def guard(name: str = "fedavg", **settings) -> GuardedStrategy:
@@ -57,7 +75,9 @@ def test_update_problem_names_each_defect():
     inf = arrays_of({**{k: np.zeros(s) for k, s in SHAPES.items()}, "b.w": [0, np.inf, 0, 0]})
     assert "b.w holds NaN or Inf" in update_problem(reply(1, inf, {"a": 5}).content, SHAPES)
     wide = arrays_of({**{k: np.zeros(s) for k, s in SHAPES.items()}, "a.w": np.zeros((3, 3))})
-    assert "a.w has shape (3, 3), the model's is (3, 2)" in update_problem(reply(1, wide, {"a": 5}).content, SHAPES)
+    assert "a.w has shape (3, 3), the model's is (3, 2)" in update_problem(
+        reply(1, wide, {"a": 5}).content, SHAPES
+    )
     missing = arrays_of({"a.w": np.zeros((3, 2)), "a.b": np.zeros(2)})
     assert "missing ['b.w']" in update_problem(reply(1, missing, {"a": 5}).content, SHAPES)
     assert "not a positive count" in update_problem(reply(1, arrays_of(1.0), {}).content, SHAPES)
@@ -65,7 +85,7 @@ def test_update_problem_names_each_defect():
 
 def test_bad_updates_are_rejected_with_a_log_line_and_the_round_goes_on(caplog):
     strategy = guard()
-    strategy.sampled = [1, 2, 3, 4]
+    strategy.sent = [sent_to(node) for node in (1, 2, 3, 4)]
     nan = arrays_of({**{k: np.ones(s) for k, s in SHAPES.items()}, "a.w": np.full((3, 2), np.nan)})
     wrong = arrays_of({**{k: np.zeros(s) for k, s in SHAPES.items()}, "b.w": np.zeros(5)})
     replies = [
@@ -82,7 +102,11 @@ def test_bad_updates_are_rejected_with_a_log_line_and_the_round_goes_on(caplog):
     assert "rejected the update of client 1 (node 2): tensor a.w holds NaN or Inf" in text
     assert "rejected the update of client 2 (node 3): tensor b.w has shape (5,)" in text
     assert "node 4 sent no update" in text
-    assert [(e["event"], e["node"]) for e in strategy.events] == [("no reply", 4), ("rejected", 2), ("rejected", 3)]
+    assert [(e["event"], e["node"]) for e in strategy.events] == [
+        ("no reply", 4),
+        ("rejected", 2),
+        ("rejected", 3),
+    ]
 
 
 def test_a_round_with_only_bad_updates_keeps_the_global_model(caplog):
@@ -99,7 +123,7 @@ def test_each_task_is_averaged_over_the_clients_that_trained_it():
         reply(1, arrays_of(1.0), {"a": 30}),  # holds task a only: its b.w is the old global value 0
         reply(2, arrays_of(4.0), {"a": 10, "b": 5}),
     ]
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["a.w"].numpy(), (30 * 1.0 + 10 * 4.0) / 40)
     np.testing.assert_allclose(arrays["b.w"].numpy(), 4.0)  # not pulled back towards 0 by client 1
     assert list(arrays.keys()) == list(SHAPES)
@@ -110,7 +134,11 @@ def poisoned_round(name: str, **settings) -> float:
     rng = np.random.default_rng(0)
     truth = {k: rng.normal(size=s) for k, s in SHAPES.items()}
     honest = [
-        reply(i + 1, arrays_of({k: v + 0.01 * rng.normal(size=v.shape) for k, v in truth.items()}), {"a": 20, "b": 20})
+        reply(
+            i + 1,
+            arrays_of({k: v + 0.01 * rng.normal(size=v.shape) for k, v in truth.items()}),
+            {"a": 20, "b": 20},
+        )
         for i in range(5)
     ]
     poison = reply(6, arrays_of({k: 1e3 * rng.normal(size=s) for k, s in SHAPES.items()}), {"a": 20, "b": 20})
@@ -123,12 +151,17 @@ def test_plain_fedavg_is_dragged_away_by_one_poisoning_client():
     assert poisoned_round("fedavg") > 50
 
 
-@pytest.mark.parametrize(("name", "settings"), [("fedmedian", {}), ("krum", {"byzantine": 1}), ("trimmed_mean", {"trim_beta": 0.2})])
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [("fedmedian", {}), ("krum", {"byzantine": 1}), ("trimmed_mean", {"trim_beta": 0.2})],
+)
 def test_robust_strategies_ignore_one_poisoning_client(name, settings):
     assert poisoned_round(name, **settings) < 0.1
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "krum", "trimmed_mean"])
+@pytest.mark.parametrize(
+    "name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "krum", "trimmed_mean"]
+)
 def test_every_named_strategy_is_built_from_flower(name):
     strategy = build_strategy(StrategyConfig(name), min_clients=3, fraction_train=0.6)
     assert type(strategy).__module__.startswith("flwr.serverapp.strategy")

@@ -32,7 +32,7 @@ def assert_every_parameter_learns(model: torch.nn.Module, x: torch.Tensor) -> No
 
 
 def test_registered():
-    assert {"ecg_cnn", "icu_gru"} <= set(list_encoders())
+    assert {"ecg_cnn", "icu_gru", "icu_transformer"} <= set(list_encoders())
 
 
 def test_ecg_cnn_shapes_and_size():
@@ -65,6 +65,29 @@ def test_icu_gru_refuses_bad_widths():
         create_encoder("icu_gru")
     with pytest.raises(ConfigError, match="expects 10 inputs"):
         create_encoder("icu_gru", in_features=5)(torch.randn(1, 4, 5))
+
+
+def test_icu_transformer_pools_hours_and_depends_on_their_order():
+    torch.manual_seed(0)
+    model = create_encoder("icu_transformer", in_features=5).eval()
+    x = torch.randn(3, 24, 10)
+    features = model(x)
+    assert features.shape == (3, 64) and model.embed_dim == 64
+    assert 20_000 <= n_params(model) <= 120_000
+    # Learned hour positions: reversing the hours changes the feature (a plain mean would not).
+    assert not torch.allclose(model(x.flip(1)), features, atol=1e-4)
+    assert model(torch.randn(2, 48, 10)).shape == (2, 64)  # any length up to max_hours
+    assert_every_parameter_learns(model.train(), x)
+
+
+def test_icu_transformer_refuses_bad_inputs():
+    with pytest.raises(ConfigError, match="in_features"):
+        create_encoder("icu_transformer")
+    model = create_encoder("icu_transformer", in_features=5, max_hours=8)
+    with pytest.raises(ConfigError, match="expects 10 inputs"):
+        model(torch.randn(1, 4, 5))
+    with pytest.raises(ConfigError, match="at most 8 hours"):
+        model(torch.randn(1, 9, 10))
 
 
 def test_signal_backbone_standardises_and_fits_the_length():

@@ -71,7 +71,9 @@ def client_state(context: Context, federation_dir: str = "") -> ClientState:
     if not path:
         folder = run.get("federation-dir") or federation_dir
         if not folder or partition < 0:
-            raise ConfigError("a medfm client needs node config data-path, or federation-dir and partition-id")
+            raise ConfigError(
+                "a medfm client needs node config data-path, or federation-dir and partition-id"
+            )
         path = str(Path(str(folder)) / f"client_{partition}.safetensors")
     if path not in _clients:
         _clients[str(path)] = ClientState(Path(str(path)), partition)
@@ -118,7 +120,9 @@ def make_client_app(federation_dir: str = "") -> ClientApp:
             result = {"loss": 0.0}
             if count:
                 seed = 1000 * server_round + state.partition_id
-                result = train_task(model[task], held, training, epochs=training.epochs, seed=seed, proximal_mu=mu)
+                result = train_task(
+                    model[task], held, training, epochs=training.epochs, seed=seed, proximal_mu=mu
+                )
             metrics[f"{WEIGHT}/{task}"] = count
             metrics[f"train-loss/{task}"] = result["loss"]
             total += count
@@ -156,7 +160,9 @@ def find_strategy(config: FederateConfig, label: str) -> StrategyConfig:
     for strategy in config.strategies:
         if label in (strategy.label, strategy.name):
             return strategy
-    raise ConfigError(f"no strategy {label!r} in the config; strategies: {[s.label for s in config.strategies]}")
+    raise ConfigError(
+        f"no strategy {label!r} in the config; strategies: {[s.label for s in config.strategies]}"
+    )
 
 
 def saved_rounds(folder: Path) -> list[int]:
@@ -192,7 +198,11 @@ class ServerRun:
         return to_arrays(self.model)
 
     def split_scores(self, split: str) -> dict[str, dict[str, float]]:
-        return {task: scores(self.model[task], parts[split]) for task, parts in self.server.items() if split in parts}
+        return {
+            task: scores(self.model[task], parts[split])
+            for task, parts in self.server.items()
+            if split in parts
+        }
 
     def evaluate(self, strategy: GuardedStrategy, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Flower's ``evaluate_fn``: score the global model, save the round, keep the best."""
@@ -210,12 +220,18 @@ class ServerRun:
             "events": [e for e in strategy.events if e["round"] == server_round],
         }
         if server_round > 0 or self.offset == 0:
-            save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}, str(self.rounds_dir / f"round_{current}.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
+                str(self.rounds_dir / f"round_{current}.safetensors"),
+            )
             with (self.output / "rounds.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         if val_auroc > self.best["val_auroc"]:
             self.best = {"round": current, "val_auroc": val_auroc}
-            save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()}, str(self.output / "best.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
+                str(self.output / "best.safetensors"),
+            )
             (self.output / "best.json").write_text(json.dumps(self.best))
         log.info("%s round %d: mean val AUROC %.3f", self.strategy_config.label, current, val_auroc)
         return MetricRecord({"val_auroc": val_auroc})
@@ -259,10 +275,17 @@ class ServerRun:
         self.model.load_state_dict(load_file(str(self.output / "best.safetensors")), strict=False)
         for task, parts in self.server.items():
             test: Split = parts["test"]
-            np.savez(self.output / f"test_{task}.npz", y=test.y.numpy(), prob=predict(self.model[task], test), subjects=test.subjects.astype(str))
+            np.savez(
+                self.output / f"test_{task}.npz",
+                y=test.y.numpy(),
+                prob=predict(self.model[task], test),
+                subjects=test.subjects.astype(str),
+            )
 
 
-def make_server_app(config_file: str = "", strategy: str = "", federation_dir: str = "", output: str = "") -> ServerApp:
+def make_server_app(
+    config_file: str = "", strategy: str = "", federation_dir: str = "", output: str = ""
+) -> ServerApp:
     """The ServerApp; the arguments are defaults for the run config keys of the same names."""
     app = ServerApp()
 

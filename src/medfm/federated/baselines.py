@@ -35,7 +35,9 @@ def pooled(parts: list[Split]) -> Split:
     )
 
 
-def train_with_selection(model: torch.nn.Module, train: Split, val: Split | None, config: FederateConfig, seed: int) -> dict:
+def train_with_selection(
+    model: torch.nn.Module, train: Split, val: Split | None, config: FederateConfig, seed: int
+) -> dict:
     """Train epoch by epoch, keeping the weights of the epoch with the best validation AUROC."""
     epochs = config.rounds * config.training.epochs
     best, best_state, best_epoch = -math.inf, None, epochs
@@ -77,7 +79,21 @@ def run_baselines(config: FederateConfig, federation_dir: Path, output: Path) ->
             name = "centralised" if client is None else f"local_{client}"
             folder = output / name
             folder.mkdir(parents=True, exist_ok=True)
-            np.savez(folder / f"test_{task}.npz", y=test.y.numpy(), prob=predict(model, test), subjects=test.subjects.astype(str))
-            records.append({"method": method, "model": name, "task": task, "client": client, "train_examples": len(train), **selection})
+            np.savez(
+                folder / f"test_{task}.npz",
+                y=test.y.numpy(),
+                prob=predict(model, test),
+                subjects=test.subjects.astype(str),
+            )
+            records.append(
+                {
+                    "method": method,
+                    "model": name,
+                    "task": task,
+                    "client": client,
+                    "train_examples": len(train),
+                    **selection,
+                }
+            )
             log.info("%s %s: best epoch %d", task, name, selection["best_epoch"])
     return records

@@ -77,7 +77,9 @@ class PrivacyConfig:
         if self.dp not in DP_MODES:
             raise ConfigError(f"privacy.dp must be one of {DP_MODES}, got {self.dp!r}")
         if self.clipping_norm <= 0 or self.noise_multiplier < 0 or not 0 < self.delta < 1:
-            raise ConfigError("privacy: clipping_norm > 0, noise_multiplier >= 0 and 0 < delta < 1 are required")
+            raise ConfigError(
+                "privacy: clipping_norm > 0, noise_multiplier >= 0 and 0 < delta < 1 are required"
+            )
 
 
 ATTACKS = ("none", "noise", "nan", "shape")
@@ -129,7 +131,9 @@ class FederateConfig:
         if self.clients < 1 or self.rounds < 1:
             raise ConfigError("clients and rounds must be at least 1")
         if not 1 <= self.min_clients <= self.clients:
-            raise ConfigError(f"min_clients must be between 1 and clients ({self.clients}), got {self.min_clients}")
+            raise ConfigError(
+                f"min_clients must be between 1 and clients ({self.clients}), got {self.min_clients}"
+            )
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -145,11 +149,13 @@ class FederateConfig:
             other = [s.label for s in self.strategies if s.name not in averaging]
             if other:
                 raise ConfigError(
-                    f"differential privacy calibrates its noise to a mean of clipped updates (fedavg, fedprox); "
-                    f"strategies {other} aggregate otherwise"
+                    "differential privacy calibrates its noise to a mean of clipped updates (fedavg, "
+                    f"fedprox); strategies {other} aggregate otherwise"
                 )
             if len(self.tasks) > 1:
-                raise ConfigError("differential privacy is accounted for one task per federation; run one task")
+                raise ConfigError(
+                    "differential privacy is accounted for one task per federation; run one task"
+                )
         labels = [s.label for s in self.strategies]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"two strategies share a label {labels}; give each a distinct label")

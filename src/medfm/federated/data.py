@@ -18,6 +18,7 @@ are what one federated round of sums would give exactly (no example leaves a cli
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,8 +66,11 @@ class Split:
 def question_tokens(question: str) -> list[int]:
     """Hashed unigrams and bigrams of the normalised question (a stable hash: Python's is salted)."""
     words = normalise_text(question).split()
-    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-    ids = [1 + int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest()) % (QUESTION_VOCAB - 1) for g in grams]
+    grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+    ids = [
+        1 + int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest()) % (QUESTION_VOCAB - 1)
+        for g in grams
+    ]
     ids = ids[:QUESTION_TOKENS]
     return ids + [0] * (QUESTION_TOKENS - len(ids))
 
@@ -77,7 +81,9 @@ def task_backbone(spec: FedTask, task: FedTaskConfig, data: TaskData) -> tuple[B
     kind = data.info.kind
     if kind in ("image", "vqa"):
         source = resolve_encoder(encoder)
-        backbone = build_backbone(source, data, pretrained=source.path is not None, image_size=task.image_size)
+        backbone = build_backbone(
+            source, data, pretrained=source.path is not None, image_size=task.image_size
+        )
         model = {
             "kind": kind,
             "encoder": str(source.path) if source.path is not None else source.name,
@@ -90,7 +96,9 @@ def task_backbone(spec: FedTask, task: FedTaskConfig, data: TaskData) -> tuple[B
     if kind == "series":
         features = int(np.asarray(data.inputs["series"][0]).shape[1])
         backbone = SeriesBackbone(create_encoder(encoder, in_features=features))
-        backbone.fit({k: [v[i] for i in np.flatnonzero(data.split == "train")] for k, v in data.inputs.items()})
+        backbone.fit(
+            {k: [v[i] for i in np.flatnonzero(data.split == "train")] for k, v in data.inputs.items()}
+        )
         return backbone, {"kind": kind, "encoder": encoder, "in_features": features}
     if kind == "signal":
         leads = int(np.asarray(data.inputs["signal"][0]).shape[0])
@@ -99,7 +107,9 @@ def task_backbone(spec: FedTask, task: FedTaskConfig, data: TaskData) -> tuple[B
     raise ConfigError(f"federated task {spec.name}: {kind} inputs are not supported")
 
 
-def model_inputs(backbone: Backbone, data: TaskData, description: str, chunk: int = 256) -> dict[str, torch.Tensor]:
+def model_inputs(
+    backbone: Backbone, data: TaskData, description: str, chunk: int = 256
+) -> dict[str, torch.Tensor]:
     """Every example's preprocessed inputs, collated in chunks (bounded memory) and concatenated."""
     parts: dict[str, list[torch.Tensor]] = {}
     starts = range(0, len(data), chunk)
@@ -109,7 +119,9 @@ def model_inputs(backbone: Backbone, data: TaskData, description: str, chunk: in
             parts.setdefault(key, []).append(value.float().contiguous())
     inputs = {key: torch.cat(values) for key, values in parts.items()}
     if data.info.kind == "vqa":
-        inputs["question"] = torch.tensor([question_tokens(q) for q in data.inputs["question"]], dtype=torch.long)
+        inputs["question"] = torch.tensor(
+            [question_tokens(q) for q in data.inputs["question"]], dtype=torch.long
+        )
     return inputs
 
 
@@ -119,9 +131,13 @@ def load_task(task: FedTaskConfig) -> tuple[FedTask, TaskData, np.ndarray]:
     return spec, data, spec.binary_labels(data)
 
 
-def split_partition(spec: FedTask, task: FedTaskConfig, data: TaskData, y: np.ndarray, clients: int) -> Partition:
+def split_partition(
+    spec: FedTask, task: FedTaskConfig, data: TaskData, y: np.ndarray, clients: int
+) -> Partition:
     """The task's examples dealt to ``clients`` clients by subject (see :mod:`medfm.federated.partition`)."""
-    config = replace(task.partition, clients=clients)  # natural sites: the largest split until there are enough
+    config = replace(
+        task.partition, clients=clients
+    )  # natural sites: the largest split until there are enough
     sites = spec.sites(data, config.site) if config.kind == "natural" else None
     partition = partition_examples(data.subjects, y, config, sites)
     if len(partition.names) != clients:
@@ -151,12 +167,33 @@ def prepare_federation(config: FederateConfig, folder: Path) -> dict[str, Any]:
         for client in range(config.clients):
             for split in SPLITS:
                 rows = np.flatnonzero((partition.client == client) & (data.split == split))
-                add_split(clients[client], client_subjects[client], f"{spec.name}/{split}", inputs, labels, data, rows)
+                add_split(
+                    clients[client],
+                    client_subjects[client],
+                    f"{spec.name}/{split}",
+                    inputs,
+                    labels,
+                    data,
+                    rows,
+                )
         for split in ("val", "test"):
-            add_split(server, server_subjects, f"{spec.name}/{split}", inputs, labels, data, np.flatnonzero(data.split == split))
+            add_split(
+                server,
+                server_subjects,
+                f"{spec.name}/{split}",
+                inputs,
+                labels,
+                data,
+                np.flatnonzero(data.split == split),
+            )
         table = partition_table(partition, y, spec.classes, split=data.split)
         table.to_csv(folder / f"partition_{spec.name}.csv", index=False)
-        plot_partition(table, spec.classes, folder / f"partition_{spec.name}.png", title=f"{spec.name}: {task.partition.kind}")
+        plot_partition(
+            table,
+            spec.classes,
+            folder / f"partition_{spec.name}.png",
+            title=f"{spec.name}: {task.partition.kind}",
+        )
         tasks[spec.name] = {
             "description": spec.description,
             "classes": list(spec.classes),
@@ -167,7 +204,9 @@ def prepare_federation(config: FederateConfig, folder: Path) -> dict[str, Any]:
         }
     for client in range(config.clients):
         save_file(clients[client], str(folder / f"client_{client}.safetensors"))
-        (folder / f"client_{client}.json").write_text(json.dumps({"name": names[client], "subjects": client_subjects[client]}))
+        (folder / f"client_{client}.json").write_text(
+            json.dumps({"name": names[client], "subjects": client_subjects[client]})
+        )
     save_file(server, str(folder / "server.safetensors"))
     (folder / "server.json").write_text(json.dumps({"subjects": server_subjects}))
     info = {"tasks": tasks, "clients": names}
@@ -203,7 +242,11 @@ def read_holder(path: Path) -> dict[str, dict[str, Split]]:
         if len(y) == 0:
             continue
         task, split = prefix.rsplit("/", 1)
-        inputs = {key.removeprefix(prefix + "/"): value for key, value in tensors.items() if key.startswith(prefix + "/")}
+        inputs = {
+            key.removeprefix(prefix + "/"): value
+            for key, value in tensors.items()
+            if key.startswith(prefix + "/")
+        }
         inputs.pop("y")
         held.setdefault(task, {})[split] = Split(inputs, y, np.array(sidecar[prefix], dtype=object))
     return held

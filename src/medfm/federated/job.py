@@ -46,7 +46,11 @@ def data_key(config: FederateConfig) -> str:
 def prepared(config: FederateConfig, folder: Path) -> dict[str, Any]:
     """The federation's files, prepared again only when the data settings changed."""
     key_file = folder / "data_key.txt"
-    if key_file.is_file() and key_file.read_text() == data_key(config) and (folder / "federation.json").is_file():
+    if (
+        key_file.is_file()
+        and key_file.read_text() == data_key(config)
+        and (folder / "federation.json").is_file()
+    ):
         log.info("reusing the prepared federation in %s", folder)
         return json.loads((folder / "federation.json").read_text())
     if folder.exists():
@@ -67,7 +71,13 @@ def run_strategy(config: FederateConfig, strategy: StrategyConfig, run_dir: Path
     federation = run_dir / "federation"
     server = make_server_app(str(run_dir / "config.yaml"), strategy.label, str(federation), str(output))
     client = make_client_app(str(federation))
-    log.info("federating with %s (%s runtime, %d clients, %d rounds)", strategy.label, config.runtime, config.clients, config.rounds)
+    log.info(
+        "federating with %s (%s runtime, %d clients, %d rounds)",
+        strategy.label,
+        config.runtime,
+        config.clients,
+        config.rounds,
+    )
     if config.runtime == "simulation":
         seconds = run_simulated(server, client, config.clients, cpus=torch.get_num_threads())
     else:
@@ -75,12 +85,25 @@ def run_strategy(config: FederateConfig, strategy: StrategyConfig, run_dir: Path
     rounds = saved_rounds(output / "rounds")
     if not rounds or rounds[-1] < config.rounds:
         raise RuntimeError(
-            f"the {strategy.label} federation stopped after round {rounds[-1] if rounds else 0} of {config.rounds}; "
+            f"the {strategy.label} federation stopped after round {rounds[-1] if rounds else 0} "
+            f"of {config.rounds}; "
             f"see the log above (run again to resume)"
         )
-    record = {"strategy": strategy.label, "seconds": round(seconds, 2), "seconds_per_round": round(seconds / config.rounds, 2)}
+    record = {
+        "strategy": strategy.label,
+        "seconds": round(seconds, 2),
+        "seconds_per_round": round(seconds / config.rounds, 2),
+    }
     done.write_text(json.dumps(record))
     return record
+
+
+def prepare_run(config: FederateConfig) -> Path:
+    """The run folder with its resolved config and prepared files, nothing trained (for deployments)."""
+    run_dir = Path(config.output) / config.name
+    Run.create(run_dir, config, seeds={"federation": config.seed})
+    prepared(config, run_dir / "federation")
+    return run_dir
 
 
 def run_federate(config: FederateConfig) -> Path:
@@ -94,7 +117,9 @@ def run_federate(config: FederateConfig) -> Path:
         record = run_strategy(config, strategy, run_dir)
         run.log(event="federated", **record)
         timings.append(record)
-    baselines = run_baselines(config, run_dir / "federation", run_dir / "baselines") if config.baselines else []
+    baselines = (
+        run_baselines(config, run_dir / "federation", run_dir / "baselines") if config.baselines else []
+    )
     for record in baselines:
         run.log(event="baseline", **record)
     summary = write_report(config, run_dir, timings, baselines)

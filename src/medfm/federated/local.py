@@ -85,5 +85,7 @@ def scores(model: nn.Module, data: Split) -> dict[str, float]:
     prob = predict(model, data)
     y = data.y.numpy()
     values = compute_metrics(y, prob, False, ("auroc", "balanced_accuracy"))
-    loss = float(F.nll_loss(torch.log(torch.as_tensor(prob).clamp_min(1e-12)), data.y)) if len(y) else math.nan
+    loss = (
+        float(F.nll_loss(torch.log(torch.as_tensor(prob).clamp_min(1e-12)), data.y)) if len(y) else math.nan
+    )
     return {**values, "loss": loss}

@@ -68,7 +68,9 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
     state = arrays.to_torch_state_dict()
     missing = sorted(set(exchanged(model)) - set(state))
     if missing:
-        raise ConfigError(f"the arrays received lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
+        raise ConfigError(
+            f"the arrays received lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}"
+        )
     model.load_state_dict(state, strict=False)
 
 

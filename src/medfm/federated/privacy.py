@@ -48,7 +48,9 @@ def wrap_privacy(strategy: Strategy, privacy: PrivacyConfig, clients: int, fract
         if privacy.dp == "client_fixed"
         else DifferentialPrivacyServerSideFixedClipping
     )
-    return wrapper(strategy, privacy.noise_multiplier, privacy.clipping_norm, sampled_clients(clients, fraction))
+    return wrapper(
+        strategy, privacy.noise_multiplier, privacy.clipping_norm, sampled_clients(clients, fraction)
+    )
 
 
 def dp_sample_size(privacy: PrivacyConfig, clients: int, fraction: float, min_clients: int) -> int:
@@ -82,7 +84,9 @@ def privacy_spent(config) -> dict:
             sampling_method=SamplingMethod.NO_AMPLIFICATION,
         )
     )
-    accountant.compose(GaussianPrivacyEvent(privacy.noise_multiplier, sampled, config.clients), count=config.rounds)
+    accountant.compose(
+        GaussianPrivacyEvent(privacy.noise_multiplier, sampled, config.clients), count=config.rounds
+    )
     spent = accountant.get_privacy_spent(privacy.delta)
     return {
         "dp": privacy.dp,

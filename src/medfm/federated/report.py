@@ -15,15 +15,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from medfm.evaluate.bootstrap import bootstrap_ci, paired_bootstrap  # noqa: E402
-from medfm.federated.config import FederateConfig  # noqa: E402
-from medfm.federated.partition import label_skew  # noqa: E402
-from medfm.federated.privacy import privacy_spent  # noqa: E402
-from medfm.pcs.report import write_document  # noqa: E402
+from medfm.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
+from medfm.federated.config import FederateConfig
+from medfm.federated.partition import label_skew
+from medfm.federated.privacy import privacy_spent
+from medfm.pcs.report import write_document
 
 
 def slug(label: str) -> str:
@@ -44,13 +44,19 @@ def models(config: FederateConfig, run_dir: Path, baselines: list[dict]) -> list
         if record["method"] == "centralised":
             entry = ("centralised", "centralised", run_dir / "baselines" / "centralised")
         else:
-            entry = ("local", f"local-only client {record['client']}", run_dir / "baselines" / record["model"])
+            entry = (
+                "local",
+                f"local-only client {record['client']}",
+                run_dir / "baselines" / record["model"],
+            )
         if entry not in found:
             found.append(entry)
     return found
 
 
-def results_table(config: FederateConfig, run_dir: Path, baselines: list[dict], tasks: list[str]) -> pd.DataFrame:
+def results_table(
+    config: FederateConfig, run_dir: Path, baselines: list[dict], tasks: list[str]
+) -> pd.DataFrame:
     rows = []
     for task in tasks:
         for method, label, folder in models(config, run_dir, baselines):
@@ -58,8 +64,20 @@ def results_table(config: FederateConfig, run_dir: Path, baselines: list[dict], 
             if not path.is_file():
                 continue
             y, prob, subjects = load_predictions(path)
-            value, low, high = bootstrap_ci(y, prob, subjects, False, config.n_boot, config.seed, metrics=["auroc"])["auroc"]
-            rows.append({"task": task, "method": method, "model": label, "auroc": value, "ci_low": low, "ci_high": high, "test_examples": len(y)})
+            value, low, high = bootstrap_ci(
+                y, prob, subjects, False, config.n_boot, config.seed, metrics=["auroc"]
+            )["auroc"]
+            rows.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "model": label,
+                    "auroc": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "test_examples": len(y),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -75,7 +93,15 @@ def gaps(config: FederateConfig, run_dir: Path, tasks: list[str]) -> pd.DataFram
             path = run_dir / "strategies" / slug(strategy.label) / f"test_{task}.npz"
             _, prob_s, _ = load_predictions(path)
             result = paired_bootstrap(y, prob_s, prob_c, subjects, False, "auroc", config.n_boot, config.seed)
-            rows.append({"task": task, "strategy": strategy.label, "minus_centralised": result["diff"], "ci_low": result["ci_low"], "ci_high": result["ci_high"]})
+            rows.append(
+                {
+                    "task": task,
+                    "strategy": strategy.label,
+                    "minus_centralised": result["diff"],
+                    "ci_low": result["ci_low"],
+                    "ci_high": result["ci_high"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -108,7 +134,13 @@ def plot_rounds(rounds: pd.DataFrame, results: pd.DataFrame, task: str, path: Pa
         ax.axhline(central["auroc"].iloc[0], color="black", linestyle="--", label="centralised (best epoch)")
     local = task_rows[task_rows["method"] == "local"]
     if len(local):
-        ax.axhspan(local["auroc"].min(), local["auroc"].max(), color="grey", alpha=0.2, label="local-only clients (range)")
+        ax.axhspan(
+            local["auroc"].min(),
+            local["auroc"].max(),
+            color="grey",
+            alpha=0.2,
+            label="local-only clients (range)",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("test AUROC")
     ax.set_title(f"{task}: global model by round")
@@ -126,7 +158,14 @@ def plot_results(results: pd.DataFrame, task: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(part) + 1.2))
     colours = {"federated": "tab:blue", "centralised": "black", "local": "tab:grey"}
     for i, row in part.iterrows():
-        ax.errorbar(row["auroc"], i, xerr=[[row["auroc"] - row["ci_low"]], [row["ci_high"] - row["auroc"]]], fmt="o", color=colours[row["method"]], capsize=3)
+        ax.errorbar(
+            row["auroc"],
+            i,
+            xerr=[[row["auroc"] - row["ci_low"]], [row["ci_high"] - row["auroc"]]],
+            fmt="o",
+            color=colours[row["method"]],
+            capsize=3,
+        )
     ax.set_yticks(range(len(part)), part["model"])
     ax.invert_yaxis()
     ax.set_xlabel("test AUROC (95 % subject bootstrap)")
@@ -142,7 +181,9 @@ def fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def write_report(config: FederateConfig, run_dir: Path, timings: list[dict], baselines: list[dict]) -> dict[str, Any]:
+def write_report(
+    config: FederateConfig, run_dir: Path, timings: list[dict], baselines: list[dict]
+) -> dict[str, Any]:
     info = json.loads((run_dir / "federation" / "federation.json").read_text())
     tasks = list(info["tasks"])
     figures = run_dir / "figures"
@@ -150,19 +191,55 @@ def write_report(config: FederateConfig, run_dir: Path, timings: list[dict], bas
     results = results_table(config, run_dir, baselines, tasks)
     gap = gaps(config, run_dir, tasks)
     rounds, clients, events = read_rounds(config, run_dir)
-    for name, table in (("results", results), ("gaps", gap), ("rounds", rounds), ("clients", clients), ("events", events)):
+    for name, table in (
+        ("results", results),
+        ("gaps", gap),
+        ("rounds", rounds),
+        ("clients", clients),
+        ("events", events),
+    ):
         table.to_csv(run_dir / f"{name}.csv", index=False)
-    summary_rows = results.assign(
-        auroc=[f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(results["auroc"], results["ci_low"], results["ci_high"])]
-    )[["task", "model", "auroc", "test_examples"]] if len(results) else results
+    summary_rows = (
+        results.assign(
+            auroc=[
+                f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+                for a, lo, hi in zip(results["auroc"], results["ci_low"], results["ci_high"])
+            ]
+        )[["task", "model", "auroc", "test_examples"]]
+        if len(results)
+        else results
+    )
     parts: list[tuple[str, list]] = [
-        ("Federation", [
-            f"{config.clients} clients, {config.rounds} rounds, {config.training.epochs} local epoch(s) per round, "
-            f"runtime {config.runtime}; baselines train {config.rounds * config.training.epochs} epochs.",
-            pd.DataFrame([{"task": t, "description": v["description"], "partition": v["partition"]["kind"], **{f"{s} (positives)": f"{v['counts'][s]} ({v['positives'][s]})" for s in v["counts"]}} for t, v in info["tasks"].items()]),
-        ]),
+        (
+            "Federation",
+            [
+                f"{config.clients} clients, {config.rounds} rounds, "
+                f"{config.training.epochs} local epoch(s) per round, "
+                f"runtime {config.runtime}; baselines train {config.rounds * config.training.epochs} epochs.",
+                pd.DataFrame(
+                    [
+                        {
+                            "task": t,
+                            "description": v["description"],
+                            "partition": v["partition"]["kind"],
+                            **{
+                                f"{s} (positives)": f"{v['counts'][s]} ({v['positives'][s]})"
+                                for s in v["counts"]
+                            },
+                        }
+                        for t, v in info["tasks"].items()
+                    ]
+                ),
+            ],
+        ),
         ("Test AUROC", [summary_rows.map(fmt) if len(summary_rows) else summary_rows]),
-        ("Gap to centralised training", ["Strategy minus centralised test AUROC, paired subject bootstrap (95 %).", gap.map(fmt) if len(gap) else gap]),
+        (
+            "Gap to centralised training",
+            [
+                "Strategy minus centralised test AUROC, paired subject bootstrap (95 %).",
+                gap.map(fmt) if len(gap) else gap,
+            ],
+        ),
     ]
     for task in tasks:
         blocks: list = []
@@ -172,12 +249,26 @@ def write_report(config: FederateConfig, run_dir: Path, timings: list[dict], bas
             blocks.append(plot_results(results, task, figures / f"auroc_{task}.png"))
         table = pd.read_csv(run_dir / "federation" / f"partition_{task}.csv")
         classes = info["tasks"][task]["classes"]
-        blocks += [f"Label skew (mean total-variation distance of client label mixes from the pooled one): {label_skew(table, classes):.3f}", table.map(fmt), run_dir / "federation" / f"partition_{task}.png"]
+        blocks += [
+            "Label skew (mean total-variation distance of client label mixes from the pooled one): "
+            f"{label_skew(table, classes):.3f}",
+            table.map(fmt),
+            run_dir / "federation" / f"partition_{task}.png",
+        ]
         parts.append((f"Task {task}", blocks))
     if len(clients):
         last = clients[clients["round"] == clients["round"].max()]
         parts.append(("Clients' own test sets (last round)", [last.drop(columns=["node"]).map(fmt)]))
-    parts.append(("Rejected, failed and missing updates", [events.map(fmt) if len(events) else "None: every sampled client sent a valid update each round."]))
+    parts.append(
+        (
+            "Rejected, failed and missing updates",
+            [
+                events.map(fmt)
+                if len(events)
+                else "None: every sampled client sent a valid update each round."
+            ],
+        )
+    )
     spent = privacy_spent(config)
     if spent:
         parts.append(("Privacy", [pd.DataFrame([spent]).map(fmt)]))

@@ -57,7 +57,9 @@ class InProcessGrid(Grid):
         return self._run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+        return Message(
+            content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
@@ -76,7 +78,9 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
 
@@ -84,7 +88,12 @@ def run_in_process(server_app: ServerApp, client_app: ClientApp, clients: int) -
     """Run the federation in this process; return its wall time in seconds."""
     start = time.perf_counter()
     grid = InProcessGrid(client_app, clients)
-    server_app(grid=grid, context=Context(run_id=RUN_ID, node_id=SERVER_NODE, node_config={}, state=RecordDict(), run_config={}))
+    server_app(
+        grid=grid,
+        context=Context(
+            run_id=RUN_ID, node_id=SERVER_NODE, node_config={}, state=RecordDict(), run_config={}
+        ),
+    )
     return time.perf_counter() - start
 
 

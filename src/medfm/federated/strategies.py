@@ -109,60 +109,87 @@ class GuardedStrategy(Strategy):
     ``events`` collects what the guard saw, one dict per rejected, failed or missing update.
     """
 
-    def __init__(self, make_strategy: Callable[[], Strategy], task_keys: dict[str, list[str]], equal_weights: bool = False):
+    def __init__(
+        self,
+        make_strategy: Callable[[], Strategy],
+        task_keys: dict[str, list[str]],
+        equal_weights: bool = False,
+    ):
         self.task_keys = task_keys
         self.equal_weights = equal_weights
         self.inner = {task: make_strategy() for task in task_keys}
         self.primary = self.inner[next(iter(task_keys))]
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.current: ArrayRecord | None = None
-        self.sampled: list[int] = []
+        self.sent: list[Message] = []
         self.events: list[dict[str, Any]] = []
         self.client_scores: list[dict[str, Any]] = []
 
     def summary(self) -> None:
         self.primary.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.current = arrays
         self.shapes = {key: tuple(array.shape) for key, array in arrays.items()}
         messages = list(self.primary.configure_train(server_round, arrays, config, grid))
-        self.sampled = [m.metadata.dst_node_id for m in messages]
+        self.sent = messages  # the grid stamps their message ids when it sends them
         if len(self.inner) > 1:  # stateful strategies (FedAdam, FedYogi) keep their own task's weights
             for task, strategy in self.inner.items():
-                strategy.configure_train(server_round, self._subset(arrays, task), ConfigRecord(dict(config)), grid)
+                strategy.configure_train(
+                    server_round, self._subset(arrays, task), ConfigRecord(dict(config)), grid
+                )
         return messages
 
     def _subset(self, arrays: ArrayRecord, task: str) -> ArrayRecord:
         return ArrayRecord({key: arrays[key] for key in self.task_keys[task]})
 
     def _note(self, server_round: int, event: str, node: int, client: int, reason: str) -> None:
-        self.events.append({"round": server_round, "event": event, "node": node, "client": client, "reason": reason})
+        self.events.append(
+            {"round": server_round, "event": event, "node": node, "client": client, "reason": reason}
+        )
 
     def accepted(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The replies that pass the checks; the others are logged and recorded."""
         replies = list(replies)
-        answered = {r.metadata.src_node_id for r in replies}
-        for node in self.sampled:
+        # An error reply about an unreachable node comes from the SuperLink: find the node by the message.
+        destination = {
+            m.metadata.message_id: m.metadata.dst_node_id for m in self.sent if m.metadata.message_id
+        }
+        node_of = {
+            id(r): destination.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies
+        }
+        answered = set(node_of.values())
+        for message in self.sent:
+            node = message.metadata.dst_node_id
             if node not in answered:
                 log.warning("round %d: node %d sent no update (dropped out or timed out)", server_round, node)
                 self._note(server_round, "no reply", node, -1, "no reply before the round's timeout")
         good = []
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = node_of[id(reply)]
             if reply.has_error():
                 log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
                 self._note(server_round, "failed", node, -1, str(reply.error.reason))
                 continue
             problem = update_problem(reply.content, self.shapes)
             if problem:
-                log.warning("round %d: rejected the update of client %d (node %d): %s", server_round, client_of(reply), node, problem)
+                log.warning(
+                    "round %d: rejected the update of client %d (node %d): %s",
+                    server_round,
+                    client_of(reply),
+                    node,
+                    problem,
+                )
                 self._note(server_round, "rejected", node, client_of(reply), problem)
                 continue
             good.append(reply)
         return good
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         good = self.accepted(server_round, replies)
         if not good or self.current is None:
             log.warning("round %d: no update to aggregate; the global model stays as it was", server_round)
@@ -185,16 +212,20 @@ class GuardedStrategy(Strategy):
             arrays, _ = strategy.aggregate_train(server_round, held)
             if arrays is not None:
                 merged.update(arrays.items())
-        return ArrayRecord({key: merged[key] for key in self.current.keys()}), weighted_metrics(good)
+        return ArrayRecord({key: merged[key] for key in self.current}), weighted_metrics(good)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.primary.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         good = [r for r in replies if not r.has_error() and r.has_content()]
         for reply in good:
             metrics = next(iter(reply.content.metric_records.values()))
-            self.client_scores.append({"round": server_round, "node": reply.metadata.src_node_id, **dict(metrics)})
+            self.client_scores.append(
+                {"round": server_round, "node": reply.metadata.src_node_id, **dict(metrics)}
+            )
         return weighted_metrics(good) if good else None
 
 

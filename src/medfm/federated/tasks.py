@@ -143,7 +143,7 @@ register(
     FedTask(
         "icu_mortality",
         task="physionet2012_mortality",
-        description="In-hospital mortality from the first 48 h of an ICU stay (PhysioNet 2012); sites = ICU type",
+        description="In-hospital mortality from the first 48 h of an ICU stay (PhysioNet 2012)",
         encoder="icu_transformer",
         classes=("survived", "died"),
         positive=("died",),

@@ -8,8 +8,8 @@ mask. Importing this module registers them in ``medfm.models.encoders.ENCODERS``
     create_encoder("icu_gru", in_features=37)    # 37 variables -> inputs [B, T, 74]
 
 ``create_encoder`` passes ``in_chans`` and ``img_size`` to every encoder. ``in_chans`` is the number of
-leads for the CNN and must be 1 for the ICU encoders; ``img_size`` (the length a model is built for, only a default
-listed with the encoders) is not used by either, as both take any length.
+leads for the CNN and must be 1 for the ICU encoders; ``img_size`` (the length a model is built for, only a
+default listed with the encoders) is not used by any of them, as they take any length.
 """
 
 from __future__ import annotations
