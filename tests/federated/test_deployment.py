@@ -33,7 +33,9 @@ from medfm.federated.partition import PartitionConfig
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr and the workers they spawn
-APP = Path(__file__).resolve().parents[2] / "deploy"  # the Flower App (pyproject.toml)
+REPO = Path(__file__).resolve().parents[2]  # the CLI runs here, as in the README: `flwr run deploy hospitals`
+LINK = "hospitals"  # the CLI's name of the SuperLink connection; a folder of the same name would be read
+# as a (legacy) app folder by the CLI, so it must not be "deploy"
 TAG = "MEDFM_DEPLOY_TAG"
 CLIENTS, KILLED = 3, 2  # three hospitals; the one with partition id 2 goes down
 RUN_TIMEOUT = 240.0  # a dead SuperNode is noticed after ~55 s, the rest takes well under a minute
@@ -48,9 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tagged(value: str) -> list[int]:
-    """Live processes (not zombies) whose environment holds ``TAG=value``."""
-    needle = f"{TAG}={value}".encode()
+def tagged(value: str, key: str = TAG) -> list[int]:
+    """Live processes (not zombies) whose environment holds ``key=value``."""
+    needle = f"{key}={value}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -104,12 +106,11 @@ class Deployment:
         self.tag = uuid.uuid4().hex
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
-        self.names: dict[int, str] = {}  # pid of a started process -> its name
         self.cli = self.env("cli")
-        # The flwr CLI's connection to the SuperLink, named "deploy" as in the README.
+        # The flwr CLI's connection to the SuperLink, named as in the README.
         connection = f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         (root / "home" / "cli" / "config.toml").write_text(
-            f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n{connection}'
+            f'[superlink]\ndefault = "{LINK}"\n\n[superlink.{LINK}]\n{connection}'
         )
 
     def env(self, name: str) -> dict[str, str]:
@@ -123,7 +124,7 @@ class Deployment:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
             TAG: self.tag,
-            f"{TAG}_PROC": name,
+            f"{TAG}_PROC": f"{self.tag}/{name}",
         }
         env.pop("VIRTUAL_ENV", None)
         return env
@@ -139,6 +140,7 @@ class Deployment:
         done = subprocess.run(
             [str(BIN / "flwr"), *args, "--format", "json"],
             env=self.cli,
+            cwd=REPO,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -187,17 +189,17 @@ class Deployment:
         )
 
     def online_nodes(self) -> list[int]:
-        nodes = self.flwr("supernode", "ls", "deploy").get("nodes", [])
+        nodes = self.flwr("supernode", "ls", LINK).get("nodes", [])
         return [int(n["node-id"]) for n in nodes if n.get("status") == "online"]
 
     def submit(self, **run_config: str) -> int:
         overrides = " ".join(f'{key}="{value}"' for key, value in run_config.items())
-        answer = self.flwr("run", str(APP), "deploy", "--run-config", overrides)
+        answer = self.flwr("run", "deploy", LINK, "--run-config", overrides)
         assert answer.get("success") and "run-id" in answer, f"flwr run failed: {answer}\n{self.report()}"
         return int(answer["run-id"])
 
     def status(self, run: int) -> str:
-        runs = self.flwr("ls", "deploy", "--run-id", str(run)).get("runs", [])
+        runs = self.flwr("ls", LINK, "--run-id", str(run)).get("runs", [])
         return str(runs[0]["status"]) if runs else ""
 
     def wait_finished(self, run: int, timeout: float = RUN_TIMEOUT) -> str:
@@ -208,8 +210,7 @@ class Deployment:
 
     def kill(self, name: str) -> list[int]:
         """SIGKILL every process of one started process's tree (a hospital's machine going down)."""
-        key = f"{TAG}_PROC={name}".encode()
-        pids = [p for p in tagged(self.tag) if key in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")]
+        pids = tagged(f"{self.tag}/{name}", f"{TAG}_PROC")
         send(pids, signal.SIGKILL)
         self.procs[name].wait(timeout=10)
         return pids
@@ -220,8 +221,9 @@ class Deployment:
         if run is not None:
             try:
                 shown = subprocess.run(
-                    [str(BIN / "flwr"), "log", str(run), "deploy", "--show"],
+                    [str(BIN / "flwr"), "log", str(run), LINK, "--show"],
                     env=self.cli,
+                    cwd=REPO,
                     capture_output=True,
                     text=True,
                     timeout=60,
@@ -337,7 +339,7 @@ def test_federation_survives_a_hospital_going_down(deployment: Deployment, feder
     assert [r["round"] for r in rounds] == [0, 1, 2], why()
     offline = [
         int(n["node-id"])
-        for n in deployment.flwr("supernode", "ls", "deploy").get("nodes", [])
+        for n in deployment.flwr("supernode", "ls", LINK).get("nodes", [])
         if n.get("status") != "online"
     ]
     assert len(offline) == 1, f"offline nodes {offline}; {why()}"

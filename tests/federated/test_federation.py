@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from safetensors.torch import load_file
 
 from medfm.config import load_config
 from medfm.federated.apps import saved_rounds
-from medfm.federated.config import AttackConfig, FederateConfig, FedTaskConfig, StrategyConfig
+from medfm.federated.config import AttackConfig, FederateConfig, FedTaskConfig, PrivacyConfig, StrategyConfig
 from medfm.federated.data import read_holder
 from medfm.federated.job import prepare_run, run_federate, run_strategy
 from medfm.federated.partition import PartitionConfig
@@ -120,3 +121,37 @@ def test_one_poisoning_client_collapses_fedavg_but_not_robust_strategies(data_ro
     results = pd.read_csv(run_federate(config) / "results.csv").set_index("model")["auroc"]
     assert results["fedavg"] < 0.6
     assert results["fedmedian"] > 0.7 and results["trimmed_mean"] > 0.7
+
+
+def test_a_multitask_federation_trains_each_task_on_the_clients_holding_it(data_root, tmp_path):
+    config = icu_config(
+        tmp_path,
+        "multitask",
+        tasks=[
+            FedTaskConfig(name="icu_mortality", limit=300, partition=PartitionConfig(kind="iid")),
+            FedTaskConfig(
+                name="ecg_abnormal", limit=300, signal_length=3000, partition=PartitionConfig(kind="iid")
+            ),
+        ],
+    )
+    run_dir = run_federate(config)
+    results = pd.read_csv(run_dir / "results.csv")
+    assert sorted(results["task"]) == ["ecg_abnormal", "icu_mortality"]
+    last = rounds_of(run_dir / "strategies" / "fedavg")[-1]
+    assert {"test_auroc/icu_mortality", "test_auroc/ecg_abnormal"} <= set(last)
+    client = last["clients"][0]
+    assert client["num-examples/icu_mortality"] > 0 and client["num-examples/ecg_abnormal"] > 0
+
+
+def test_secure_aggregation_gives_the_plain_average_up_to_its_quantisation(data_root, tmp_path):
+    models = {}
+    for name, secagg in (("plain", False), ("secagg", True)):
+        config = icu_config(tmp_path, name, rounds=1, privacy=PrivacyConfig(secagg=secagg))
+        models[name] = load_file(
+            str(run_federate(config) / "strategies" / "fedavg" / "rounds" / "round_1.safetensors")
+        )
+    initial = load_file(str(tmp_path / "plain" / "strategies" / "fedavg" / "rounds" / "round_0.safetensors"))
+    moved = max(float((models["plain"][k] - initial[k]).abs().max()) for k in initial)
+    error = max(float((models["plain"][k] - models["secagg"][k]).abs().max()) for k in initial)
+    # Training moved the weights; SecAgg+ summed them within a hundredth of that (quantisation).
+    assert moved > 1e-3 and error < 0.01 * moved, (moved, error)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,9 @@ from medfm.errors import ConfigError
 from medfm.federated.config import AttackConfig, FederateConfig, LocalTrainingConfig, StrategyConfig
 from medfm.federated.data import Split, read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
-from medfm.federated.model import build_model, load_arrays, task_keys, to_arrays
+from medfm.federated.model import build_model, exchanged, load_arrays, task_keys, to_arrays
 from medfm.federated.privacy import clip_when_asked, dp_sample_size, wrap_privacy
+from medfm.federated.secagg import is_legacy_train, legacy_train, load_ndarrays, run_secagg, secagg_when_asked
 from medfm.federated.strategies import WEIGHT, GuardedStrategy, build_strategy
 from medfm.log import get_logger
 
@@ -54,11 +57,36 @@ class ClientState:
         self.data = read_holder(data_path)
         self.model: torch.nn.ModuleDict | None = None
 
-    def ready_model(self, config: ConfigRecord, arrays: ArrayRecord) -> torch.nn.ModuleDict:
+    def ready_model(self, config: Mapping[str, Any]) -> torch.nn.ModuleDict:
+        """The model, built from the spec in the first message this process receives."""
         if self.model is None:
             self.model = build_model(json.loads(str(config["model-spec"])))
-        load_arrays(self.model, arrays)
         return self.model
+
+    def train_round(self, config: Mapping[str, Any]) -> tuple[dict[str, float | int], int]:
+        """Train every task this client holds for one round; its metrics and training examples."""
+        model = self.ready_model(config)
+        if int(config.get("threads", 0)) > 0:
+            torch.set_num_threads(int(config["threads"]))
+        training = LocalTrainingConfig(**json.loads(str(config["training"])))
+        mu = float(config.get("proximal-mu", 0.0))
+        seed = 1000 * int(config["server-round"]) + self.partition_id
+        metrics: dict[str, float | int] = {"partition-id": self.partition_id}
+        total = 0
+        for task in model:
+            held = self.data.get(task, {}).get("train")
+            count = len(held) if held is not None else 0
+            loss = 0.0
+            if count:
+                result = train_task(
+                    model[task], held, training, epochs=training.epochs, seed=seed, proximal_mu=mu
+                )
+                loss = result["loss"]
+            metrics[f"{WEIGHT}/{task}"] = count
+            metrics[f"train-loss/{task}"] = loss
+            total += count
+        metrics[WEIGHT] = total
+        return metrics, total
 
 
 _clients: dict[str, ClientState] = {}
@@ -80,10 +108,6 @@ def client_state(context: Context, federation_dir: str = "") -> ClientState:
     return _clients[str(path)]
 
 
-def training_config(config: ConfigRecord) -> LocalTrainingConfig:
-    return LocalTrainingConfig(**json.loads(str(config["training"])))
-
-
 def attack(arrays: ArrayRecord, attack: AttackConfig, seed: int) -> ArrayRecord:
     """The update a misbehaving client sends instead of ``arrays`` (see :class:`AttackConfig`)."""
     state = arrays.to_torch_state_dict()
@@ -102,41 +126,31 @@ def make_client_app(federation_dir: str = "") -> ClientApp:
     """The ClientApp; ``federation_dir`` is where simulated clients find their files."""
     app = ClientApp()
 
-    @app.train(mods=[clip_when_asked])
+    @app.train(mods=[secagg_when_asked, clip_when_asked])
     def train(msg: Message, context: Context) -> Message:
         state = client_state(context, federation_dir)
+        if is_legacy_train(msg):  # a SecAgg+ round (Flower's legacy records)
+
+            def train_legacy(config, arrays):
+                load_ndarrays(state.ready_model(config), arrays)
+                _, total = state.train_round(config)
+                return exchanged(state.model), total
+
+            return legacy_train(msg, train_legacy)
         config = msg.content["config"]
-        if int(config.get("threads", 0)) > 0:
-            torch.set_num_threads(int(config["threads"]))
-        model = state.ready_model(config, msg.content["arrays"])
-        training = training_config(config)
-        mu = float(config.get("proximal-mu", 0.0))
-        server_round = int(config["server-round"])
-        metrics: dict[str, float | int] = {"partition-id": state.partition_id}
-        total = 0
-        for task in model:
-            held = state.data.get(task, {}).get("train")
-            count = len(held) if held is not None else 0
-            result = {"loss": 0.0}
-            if count:
-                seed = 1000 * server_round + state.partition_id
-                result = train_task(
-                    model[task], held, training, epochs=training.epochs, seed=seed, proximal_mu=mu
-                )
-            metrics[f"{WEIGHT}/{task}"] = count
-            metrics[f"train-loss/{task}"] = result["loss"]
-            total += count
-        metrics[WEIGHT] = total
-        arrays = to_arrays(model)
+        load_arrays(state.ready_model(config), msg.content["arrays"])
+        metrics, _ = state.train_round(config)
+        arrays = to_arrays(state.model)
         attack_config = AttackConfig(**json.loads(str(config.get("attack", "{}"))))
         if attack_config.kind != "none" and state.partition_id in attack_config.clients:
-            arrays = attack(arrays, attack_config, server_round)
+            arrays = attack(arrays, attack_config, int(config["server-round"]))
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         state = client_state(context, federation_dir)
-        model = state.ready_model(msg.content["config"], msg.content["arrays"])
+        model = state.ready_model(msg.content["config"])
+        load_arrays(model, msg.content["arrays"])
         metrics: dict[str, float | int] = {"partition-id": state.partition_id}
         total = 0
         for task in model:
@@ -194,7 +208,8 @@ class ServerRun:
         if done:
             self.offset = done[-1]
             log.info("resuming %s after round %d", self.output.name, self.offset)
-            return ArrayRecord(load_file(str(self.rounds_dir / f"round_{self.offset}.safetensors")))
+            saved = load_file(str(self.rounds_dir / f"round_{self.offset}.safetensors"))
+            return ArrayRecord({key: saved[key] for key in exchanged(self.model)})  # the model's order
         return to_arrays(self.model)
 
     def split_scores(self, split: str) -> dict[str, dict[str, float]]:
@@ -204,20 +219,24 @@ class ServerRun:
             if split in parts
         }
 
-    def evaluate(self, strategy: GuardedStrategy, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Flower's ``evaluate_fn``: score the global model, save the round, keep the best."""
+    def evaluate(
+        self, strategy: GuardedStrategy | None, server_round: int, arrays: ArrayRecord
+    ) -> MetricRecord:
+        """Flower's ``evaluate_fn``: score the global model, save the round, keep the best (``strategy``
+        gives the round's client scores and guard events; SecAgg+ rounds have neither)."""
         current = server_round + self.offset
         load_arrays(self.model, arrays)
         val, test = self.split_scores("val"), self.split_scores("test")
         val_auroc = float(np.nanmean([v["auroc"] for v in val.values()])) if val else math.nan
         record = {
             "round": current,
+            "time": time.time(),
             "val_auroc": val_auroc,
             **{f"val_auroc/{t}": v["auroc"] for t, v in val.items()},
             **{f"test_auroc/{t}": v["auroc"] for t, v in test.items()},
             **{f"test_loss/{t}": v["loss"] for t, v in test.items()},
-            "clients": [s for s in strategy.client_scores if s["round"] == server_round],
-            "events": [e for e in strategy.events if e["round"] == server_round],
+            "clients": [s for s in strategy.client_scores if s["round"] == server_round] if strategy else [],
+            "events": [e for e in strategy.events if e["round"] == server_round] if strategy else [],
         }
         if server_round > 0 or self.offset == 0:
             save_file(
@@ -236,7 +255,7 @@ class ServerRun:
         log.info("%s round %d: mean val AUROC %.3f", self.strategy_config.label, current, val_auroc)
         return MetricRecord({"val_auroc": val_auroc})
 
-    def run(self, grid: Grid) -> dict[str, Any]:
+    def run(self, grid: Grid, context: Context) -> dict[str, Any]:
         keys = task_keys(self.model)
         config, strategy_config = self.config, self.strategy_config
 
@@ -257,7 +276,9 @@ class ServerRun:
                 "threads": self.client_threads,
             }
         )
-        if remaining > 0:
+        if remaining > 0 and config.privacy.secagg:
+            self.run_secagg(grid, context, arrays, remaining, dict(train_config))
+        elif remaining > 0:
             guarded.start(
                 grid=grid,
                 initial_arrays=arrays,
@@ -269,6 +290,33 @@ class ServerRun:
             )
         self.save_best_predictions()
         return self.best
+
+    def run_secagg(
+        self, grid: Grid, context: Context, arrays: ArrayRecord, rounds: int, train_config: dict
+    ) -> None:
+        names = list(arrays.keys())
+
+        def evaluate(server_round: int, ndarrays: list[np.ndarray]) -> tuple[float, dict]:
+            record = ArrayRecord(
+                {n: torch.as_tensor(a, dtype=torch.float32) for n, a in zip(names, ndarrays)}
+            )
+            self.evaluate(None, server_round, record)
+            return 0.0, {}
+
+        per_client = np.sum([task["train_per_client"] for task in self.federation["tasks"].values()], axis=0)
+        run_secagg(
+            grid,
+            context,
+            [a.numpy() for a in arrays.values()],
+            rounds,
+            train_config,
+            evaluate,
+            clients=self.config.clients,
+            min_clients=self.config.min_clients,
+            max_weight=int(per_client.max()),
+            clipping_range=self.config.privacy.secagg_clipping_range,
+            timeout=self.config.round_timeout,
+        )
 
     def save_best_predictions(self) -> None:
         """Test probabilities of the best round's model, for the report's intervals."""
@@ -297,7 +345,7 @@ def make_server_app(
             torch.set_num_threads(config.threads)
         chosen = find_strategy(config, str(run.get("strategy") or strategy))
         folder = Path(str(run.get("federation-dir") or federation_dir))
-        ServerRun(config, chosen, folder, Path(str(run.get("output-dir") or output))).run(grid)
+        ServerRun(config, chosen, folder, Path(str(run.get("output-dir") or output))).run(grid, context)
 
     return app
 

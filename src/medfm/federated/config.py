@@ -72,6 +72,7 @@ class PrivacyConfig:
     clipping_norm: float = 1.0
     delta: float = 1e-5
     secagg: bool = False
+    secagg_clipping_range: float = 8.0  # SecAgg+ quantises weights in [-range, range] (clamps outside)
 
     def __post_init__(self):
         if self.dp not in DP_MODES:
@@ -155,6 +156,17 @@ class FederateConfig:
             if len(self.tasks) > 1:
                 raise ConfigError(
                     "differential privacy is accounted for one task per federation; run one task"
+                )
+        if self.privacy.secagg:
+            if [s.name for s in self.strategies if s.name != "fedavg"] or self.privacy.dp != "none":
+                raise ConfigError(
+                    "SecAgg+ runs on Flower's legacy FedAvg path: use strategy fedavg only, without dp"
+                )
+            if self.clients < 3:
+                raise ConfigError("SecAgg+ needs at least 3 clients (Flower's num_shares > 2)")
+            if len(self.tasks) > 1 or self.attack.kind != "none":
+                raise ConfigError(
+                    "SecAgg+ federations take one task and no attack (updates cannot be checked)"
                 )
         labels = [s.label for s in self.strategies]
         if len(set(labels)) != len(labels):

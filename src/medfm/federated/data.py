@@ -201,6 +201,9 @@ def prepare_federation(config: FederateConfig, folder: Path) -> dict[str, Any]:
             "partition": {"kind": task.partition.kind, "clients": partition.names},
             "counts": {split: int((data.split == split).sum()) for split in SPLITS},
             "positives": {split: int(y[data.split == split].sum()) for split in SPLITS},
+            "train_per_client": [
+                int(((partition.client == c) & (data.split == "train")).sum()) for c in range(config.clients)
+            ],
         }
     for client in range(config.clients):
         save_file(clients[client], str(folder / f"client_{client}.safetensors"))

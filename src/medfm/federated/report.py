@@ -178,7 +178,24 @@ def plot_results(results: pd.DataFrame, task: str, path: Path) -> Path:
 
 
 def fmt(value: Any) -> str:
+    if value is pd.NA:
+        return ""
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def client_view(clients: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """The last round's per-client scores on each client's own test examples, clients named."""
+    last = clients[clients["round"] == clients["round"].max()].sort_values(["strategy", "partition-id"])
+    view = pd.DataFrame(
+        {
+            "strategy": last["strategy"],
+            "client": [names[int(i)] for i in last["partition-id"]],
+        }
+    )
+    for column in clients.columns:
+        if "/" in column and not column.startswith("train-loss"):
+            view[column.replace("num-examples", "test examples")] = last[column].to_numpy()
+    return view.map(fmt)
 
 
 def write_report(
@@ -237,7 +254,7 @@ def write_report(
             "Gap to centralised training",
             [
                 "Strategy minus centralised test AUROC, paired subject bootstrap (95 %).",
-                gap.map(fmt) if len(gap) else gap,
+                gap.map(fmt) if len(gap) else "No centralised baseline in this run.",
             ],
         ),
     ]
@@ -247,7 +264,7 @@ def write_report(
             blocks.append(plot_rounds(rounds, results, task, figures / f"rounds_{task}.png"))
         if len(results):
             blocks.append(plot_results(results, task, figures / f"auroc_{task}.png"))
-        table = pd.read_csv(run_dir / "federation" / f"partition_{task}.csv")
+        table = pd.read_csv(run_dir / "federation" / f"partition_{task}.csv", dtype={"client": "Int64"})
         classes = info["tasks"][task]["classes"]
         blocks += [
             "Label skew (mean total-variation distance of client label mixes from the pooled one): "
@@ -257,8 +274,7 @@ def write_report(
         ]
         parts.append((f"Task {task}", blocks))
     if len(clients):
-        last = clients[clients["round"] == clients["round"].max()]
-        parts.append(("Clients' own test sets (last round)", [last.drop(columns=["node"]).map(fmt)]))
+        parts.append(("Clients' own test sets (last round)", [client_view(clients, info["clients"])]))
     parts.append(
         (
             "Rejected, failed and missing updates",
@@ -270,8 +286,16 @@ def write_report(
         )
     )
     spent = privacy_spent(config)
-    if spent:
-        parts.append(("Privacy", [pd.DataFrame([spent]).map(fmt)]))
+    privacy: list = [pd.DataFrame([spent]).map(fmt)] if spent else []
+    if config.privacy.secagg:
+        bound = config.privacy.secagg_clipping_range
+        privacy.append(
+            f"Secure aggregation: Flower's SecAgg+ (every client a share holder, weights quantised over "
+            f"[-{bound:g}, {bound:g}]); the server saw only the sum of the clients' weighted models, so no "
+            "update was checked one by one."
+        )
+    if privacy:
+        parts.append(("Privacy", privacy))
     parts.append(("Timing", [pd.DataFrame(timings).map(fmt) if timings else "(no strategy ran)"]))
     write_document(run_dir, f"Federation {config.name}", parts, "federation.md", "report.html")
     return {"results": results.to_dict("records"), "gaps": gap.to_dict("records"), "privacy": spent}

@@ -9,6 +9,7 @@ Deployment (SuperLink and SuperNodes as separate processes) is described in ``de
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from itertools import count
@@ -70,7 +71,9 @@ class InProcessGrid(Grid):
             message_id = str(next(self._ids))
             metadata: Metadata = message.metadata
             metadata.__dict__["_message_id"] = message_id  # the SuperLink assigns ids in a deployment
-            reply = self.client_app(message, self.nodes[metadata.dst_node_id])
+            # A copy, as a wire would deliver it: Flower's mods edit the content they receive in place.
+            delivered = Message(metadata=copy.copy(metadata), content=copy.deepcopy(message.content))
+            reply = self.client_app(delivered, self.nodes[metadata.dst_node_id])
             self._replies[message_id] = reply
             ids.append(message_id)
         return ids
