@@ -33,6 +33,7 @@ def icu_config(tmp: Path, name: str, **settings) -> FederateConfig:
         "strategies": [StrategyConfig("fedavg")],
         "baselines": [],
         "n_boot": 100,
+        "workers": 0,
     }
     return FederateConfig(**{**base, **settings})
 
@@ -62,7 +63,8 @@ def test_prepared_files_keep_each_patient_on_one_client(data_root, tmp_path):
 
 
 def test_a_federation_beside_its_baselines_writes_the_report_and_resumes(data_root, tmp_path, caplog):
-    config = icu_config(tmp_path, "full", baselines=["local", "centralised"])
+    # Baselines on two worker processes, as by default.
+    config = icu_config(tmp_path, "full", baselines=["local", "centralised"], workers=2)
     run_dir = run_federate(config)
     results = pd.read_csv(run_dir / "results.csv")
     assert sorted(results["model"]) == sorted(

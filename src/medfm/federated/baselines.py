@@ -6,18 +6,21 @@ many epochs as a client trains over the whole federation (``rounds x local epoch
 * **centralised**: one model on the pooled training examples of every client (the upper bound a
   federation approaches), keeping the epoch with the best AUROC on the pooled validation split.
 
-Both are scored on the server's pooled test split, like the federated models.
+Both are scored on the server's pooled test split, like the federated models. The models train side by
+side in worker processes (``workers``), the largest first.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medfm.executors import make_executor
 from medfm.federated.config import FederateConfig
 from medfm.federated.data import Split, read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
@@ -53,47 +56,69 @@ def train_with_selection(
     return {"best_epoch": best_epoch, "val_auroc": best if best_state is not None else math.nan}
 
 
-def run_baselines(config: FederateConfig, federation_dir: Path, output: Path) -> list[dict]:
-    """Train the configured baselines; write each model's test predictions; return one record per model."""
+def train_baseline(
+    config: FederateConfig, federation_dir: Path, output: Path, task: str, client: int | None
+) -> dict:
+    """One baseline model (``client`` None: centralised); writes its test predictions, returns its record."""
     info = read_federation(federation_dir)
-    server = read_holder(federation_dir / "server.safetensors")
-    clients = [read_holder(federation_dir / f"client_{i}.safetensors") for i in range(config.clients)]
-    records = []
-    for task in info["tasks"]:
-        test = server[task]["test"]
-        jobs: list[tuple[str, int | None]] = []
-        if "local" in config.baselines:
-            jobs += [("local", c) for c in range(config.clients) if "train" in clients[c].get(task, {})]
+    server = read_holder(federation_dir / "server.safetensors")[task]
+    model = build_model({task: info["tasks"][task]}, config.seed)[task]
+    if client is None:
+        holders = [read_holder(federation_dir / f"client_{i}.safetensors") for i in range(config.clients)]
+        train = pooled([h[task]["train"] for h in holders if "train" in h.get(task, {})])
+        val = server.get("val")
+    else:
+        own = read_holder(federation_dir / f"client_{client}.safetensors")[task]
+        train, val = own["train"], own.get("val")
+        if val is not None and len(np.unique(val.y.numpy())) < 2:
+            val = None
+    selection = train_with_selection(model, train, val, config, seed=config.seed)
+    name = "centralised" if client is None else f"local_{client}"
+    folder = output / name
+    folder.mkdir(parents=True, exist_ok=True)
+    test = server["test"]
+    np.savez(
+        folder / f"test_{task}.npz",
+        y=test.y.numpy(),
+        prob=predict(model, test),
+        subjects=test.subjects.astype(str),
+    )
+    log.info("%s %s: best epoch %d", task, name, selection["best_epoch"])
+    method = "centralised" if client is None else "local"
+    return {
+        "method": method,
+        "model": name,
+        "task": task,
+        "client": client,
+        "train_examples": len(train),
+        **selection,
+    }
+
+
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_baselines(config: FederateConfig, federation_dir: Path, output: Path) -> list[dict]:
+    """Train the configured baselines, largest first, on ``config.workers`` processes of one thread each
+    (0: in this process); return one record per model."""
+    info = read_federation(federation_dir)
+    jobs: list[tuple[int, str, int | None]] = []
+    for task, spec in info["tasks"].items():
+        sizes = spec["train_per_client"]
         if "centralised" in config.baselines:
-            jobs.append(("centralised", None))
-        for method, client in progress(jobs, f"baselines of {task}", unit="models"):
-            model = build_model({task: info["tasks"][task]}, config.seed)[task]
-            if method == "local":
-                train, val = clients[client][task]["train"], clients[client][task].get("val")
-                if val is not None and len(np.unique(val.y.numpy())) < 2:
-                    val = None
-            else:
-                train = pooled([c[task]["train"] for c in clients if "train" in c.get(task, {})])
-                val = server[task].get("val")
-            selection = train_with_selection(model, train, val, config, seed=config.seed)
-            name = "centralised" if client is None else f"local_{client}"
-            folder = output / name
-            folder.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                folder / f"test_{task}.npz",
-                y=test.y.numpy(),
-                prob=predict(model, test),
-                subjects=test.subjects.astype(str),
-            )
-            records.append(
-                {
-                    "method": method,
-                    "model": name,
-                    "task": task,
-                    "client": client,
-                    "train_examples": len(train),
-                    **selection,
-                }
-            )
-            log.info("%s %s: best epoch %d", task, name, selection["best_epoch"])
-    return records
+            jobs.append((sum(sizes), task, None))
+        if "local" in config.baselines:
+            jobs += [(size, task, c) for c, size in enumerate(sizes) if size]
+    jobs.sort(key=lambda job: -job[0])
+    with make_executor(config.workers, one_thread if config.workers else None) as executor:
+        futures = [
+            executor.submit(train_baseline, config, federation_dir, output, task, c) for _, task, c in jobs
+        ]
+        records = [
+            f.result()
+            for f in progress(as_completed(futures), "baselines", total=len(futures), unit="models")
+        ]
+    return sorted(
+        records, key=lambda r: (r["task"], r["method"], r["client"] if r["client"] is not None else -1)
+    )

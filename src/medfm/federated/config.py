@@ -121,7 +121,8 @@ class FederateConfig:
     runtime: str = "simulation"  # simulation: Flower's simulation engine; inprocess: same apps, no Ray
     seed: int = 0
     n_boot: int = 1000  # subject bootstrap resamples of the test intervals
-    threads: int = 0  # torch threads per process (0: torch's default)
+    threads: int = 0  # torch threads of the in-process clients and the server (0: torch's default)
+    workers: int = 2  # processes training the baselines side by side, one thread each (0: this process)
 
     def __post_init__(self):
         if not self.tasks:
@@ -129,6 +130,8 @@ class FederateConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks appear twice: {names}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 (this process) or more, got {self.workers}")
         if self.clients < 1 or self.rounds < 1:
             raise ConfigError("clients and rounds must be at least 1")
         if not 1 <= self.min_clients <= self.clients:

@@ -37,8 +37,10 @@ def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return data["y"], data["prob"], data["subjects"]
 
 
-def models(config: FederateConfig, run_dir: Path, baselines: list[dict]) -> list[tuple[str, str, Path]]:
-    """(method, model label, folder) of every model with test predictions."""
+def models(
+    config: FederateConfig, run_dir: Path, baselines: list[dict], names: list[str]
+) -> list[tuple[str, str, Path]]:
+    """(method, model label, folder) of every model with test predictions; ``names`` are the clients'."""
     found = [("federated", s.label, run_dir / "strategies" / slug(s.label)) for s in config.strategies]
     for record in baselines:
         if record["method"] == "centralised":
@@ -46,7 +48,7 @@ def models(config: FederateConfig, run_dir: Path, baselines: list[dict]) -> list
         else:
             entry = (
                 "local",
-                f"local-only client {record['client']}",
+                f"local-only {names[record['client']]}",
                 run_dir / "baselines" / record["model"],
             )
         if entry not in found:
@@ -55,11 +57,11 @@ def models(config: FederateConfig, run_dir: Path, baselines: list[dict]) -> list
 
 
 def results_table(
-    config: FederateConfig, run_dir: Path, baselines: list[dict], tasks: list[str]
+    config: FederateConfig, run_dir: Path, baselines: list[dict], tasks: list[str], names: list[str]
 ) -> pd.DataFrame:
     rows = []
     for task in tasks:
-        for method, label, folder in models(config, run_dir, baselines):
+        for method, label, folder in models(config, run_dir, baselines, names):
             path = folder / f"test_{task}.npz"
             if not path.is_file():
                 continue
@@ -205,7 +207,7 @@ def write_report(
     tasks = list(info["tasks"])
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
-    results = results_table(config, run_dir, baselines, tasks)
+    results = results_table(config, run_dir, baselines, tasks, info["clients"])
     gap = gaps(config, run_dir, tasks)
     rounds, clients, events = read_rounds(config, run_dir)
     for name, table in (
