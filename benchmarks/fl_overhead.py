@@ -21,6 +21,7 @@ round and the ratio to the plain loop; the JSON goes to ``benchmarks/results/fl_
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -44,7 +45,7 @@ from medfm.federated.runtime import run_in_process, run_simulated
 def round_times(output: Path) -> list[float]:
     """Seconds between the server's consecutive round records (round 0 = the initial evaluation)."""
     stamps = [json.loads(line)["time"] for line in (output / "rounds.jsonl").read_text().splitlines()]
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def flower(config: FederateConfig, run_dir: Path, runtime: str) -> dict:
@@ -78,7 +79,9 @@ def plain_loop(config: FederateConfig, run_dir: Path) -> dict:
         updates, weights = [], []
         for client, data in enumerate(clients):
             model.load_state_dict(global_state, strict=False)
-            train_task(model, data, config.training, epochs=config.training.epochs, seed=1000 * server_round + client)
+            train_task(
+                model, data, config.training, epochs=config.training.epochs, seed=1000 * server_round + client
+            )
             updates.append({k: v.detach().clone() for k, v in exchanged(model).items()})
             weights.append(len(data))
         total = sum(weights)
@@ -102,11 +105,13 @@ def main() -> None:
             output=tmp,
             clients=args.clients,
             rounds=args.rounds,
-            tasks=[FedTaskConfig(name="icu_mortality", limit=args.limit, partition=PartitionConfig(kind="iid"))],
+            tasks=[
+                FedTaskConfig(name="icu_mortality", limit=args.limit, partition=PartitionConfig(kind="iid"))
+            ],
             strategies=[StrategyConfig("fedavg")],
             baselines=[],
         )
-        run_dir = prepare_run(config)
+        run_dir = prepare_run(config).resolve()
         sides = {
             "plain loop": plain_loop(config, run_dir),
             "flower in-process": flower(config, run_dir, "inprocess"),
@@ -124,7 +129,11 @@ def main() -> None:
     record = {
         "benchmark": "fl_overhead",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+        },
         "settings": vars(args),
         "sides": sides,
     }

@@ -35,6 +35,7 @@ TRACKED_PACKAGES = (
     "scipy",
     "pandas",
     "omegaconf",
+    "flwr",
 )
 
 

@@ -76,6 +76,13 @@ def tagged(value: str, key: str = TAG) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(exited)"
+
+
 def send(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -306,7 +313,7 @@ def deployment(tmp_path_factory, federation: Path) -> Iterator[Deployment]:
         deployment.wait(lambda: len(deployment.online_nodes()) == CLIENTS, 90, f"{CLIENTS} SuperNodes online")
         yield deployment
     finally:
-        left = deployment.close()
+        left = {pid: command_line(pid) for pid in deployment.close()}
         assert not left, f"processes left after SIGKILL: {left}"
 
 

@@ -68,6 +68,8 @@ def test_tasks_without_public_data_ask_for_a_folder(tmp_path):
 def test_federation_config_refuses_what_cannot_run():
     with pytest.raises(ConfigError, match="not one of"):
         StrategyConfig("fedsgd")
+    with pytest.raises(ConfigError, match="did you mean icu_mortality"):
+        FedTaskConfig(name="icu_mortaliy")
     with pytest.raises(ConfigError, match="min_clients"):
         FederateConfig(clients=3, min_clients=4)
     with pytest.raises(ConfigError, match="tasks appear twice"):

@@ -41,7 +41,7 @@ from medfm.federated.model import build_model, exchanged, load_arrays, task_keys
 from medfm.federated.privacy import clip_when_asked, dp_sample_size, wrap_privacy
 from medfm.federated.secagg import is_legacy_train, legacy_train, load_ndarrays, run_secagg, secagg_when_asked
 from medfm.federated.strategies import WEIGHT, GuardedStrategy, build_strategy
-from medfm.log import get_logger
+from medfm.log import get_logger, setup_logging
 
 log = get_logger("federated.apps")
 
@@ -89,7 +89,8 @@ class ClientState:
         return metrics, total
 
 
-_clients: dict[str, ClientState] = {}
+# Client states of this process, by data file and its modification time (a re-prepared file is reread).
+_clients: dict[tuple[str, int], ClientState] = {}
 
 
 def client_state(context: Context, federation_dir: str = "") -> ClientState:
@@ -102,10 +103,14 @@ def client_state(context: Context, federation_dir: str = "") -> ClientState:
             raise ConfigError(
                 "a medfm client needs node config data-path, or federation-dir and partition-id"
             )
-        path = str(Path(str(folder)) / f"client_{partition}.safetensors")
-    if path not in _clients:
-        _clients[str(path)] = ClientState(Path(str(path)), partition)
-    return _clients[str(path)]
+        path = Path(str(folder)) / f"client_{partition}.safetensors"
+    path = Path(str(path))
+    if not path.is_file():
+        raise ConfigError(f"client {partition}: data file not found: {path}")
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _clients:
+        _clients[key] = ClientState(path, partition)
+    return _clients[key]
 
 
 def attack(arrays: ArrayRecord, attack: AttackConfig, seed: int) -> ArrayRecord:
@@ -339,13 +344,21 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        setup_logging()  # a deployed ServerApp's log reaches `flwr log` through stderr
         run = context.run_config
-        config = load_config(FederateConfig, str(run.get("config-file") or config_file))
+        defaults = {"config-file": config_file, "federation-dir": federation_dir, "output-dir": output}
+        paths = {key: Path(str(run.get(key) or value)) for key, value in defaults.items()}
+        relative = [key for key, path in paths.items() if not path.is_absolute()]
+        if relative:
+            raise ConfigError(f"run config {relative} must be absolute paths on the server's machine")
+        config = load_config(FederateConfig, paths["config-file"])
         if config.threads:
             torch.set_num_threads(config.threads)
         chosen = find_strategy(config, str(run.get("strategy") or strategy))
-        folder = Path(str(run.get("federation-dir") or federation_dir))
-        ServerRun(config, chosen, folder, Path(str(run.get("output-dir") or output))).run(grid, context)
+        server = ServerRun(config, chosen, paths["federation-dir"], paths["output-dir"])
+        if "client-threads" in run:  # a deployment: each hospital's machine, not the simulation's share
+            server.client_threads = int(run["client-threads"])
+        server.run(grid, context)
 
     return app
 

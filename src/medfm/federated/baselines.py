@@ -83,7 +83,6 @@ def train_baseline(
         prob=predict(model, test),
         subjects=test.subjects.astype(str),
     )
-    log.info("%s %s: best epoch %d", task, name, selection["best_epoch"])
     method = "centralised" if client is None else "local"
     return {
         "method": method,
@@ -115,10 +114,13 @@ def run_baselines(config: FederateConfig, federation_dir: Path, output: Path) ->
         futures = [
             executor.submit(train_baseline, config, federation_dir, output, task, c) for _, task, c in jobs
         ]
-        records = [
-            f.result()
-            for f in progress(as_completed(futures), "baselines", total=len(futures), unit="models")
-        ]
+        records = []
+        for future in progress(as_completed(futures), "baselines", total=len(futures), unit="models"):
+            records.append(future.result())
+            record = records[-1]
+            log.info(
+                "baseline %s of %s: best epoch %d", record["model"], record["task"], record["best_epoch"]
+            )
     return sorted(
         records, key=lambda r: (r["task"], r["method"], r["client"] if r["client"] is not None else -1)
     )

@@ -17,13 +17,25 @@ OPTIMISERS = ("adamw", "sgd")
 
 @dataclass
 class FedTaskConfig:
-    name: str = "icu_mortality"  # a registered federated task (medfm federate --help lists them)
+    name: str = "icu_mortality"  # a registered federated task (see medfm.federated.tasks)
     root: str = ""  # data folder ("": the task's folder under MEDFM_DATA_ROOT)
     encoder: str = ""  # registered encoder or bundle folder ("": the task's lightweight encoder)
     image_size: int = 32  # image tasks: side the images are resized to
     signal_length: int = 9000  # ECG tasks: samples per record (30 s at 300 Hz), centre crop or pad
     limit: int = 0  # read at most this many examples (0: all; smoke runs)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+
+    def __post_init__(self):
+        from medfm.federated.tasks import FED_TASKS  # the task registry reads the evaluation tasks
+
+        try:
+            FED_TASKS.get(self.name)
+        except KeyError as err:
+            raise ConfigError(str(err.args[0])) from None
+        if self.image_size < 8 or self.signal_length < 1 or self.limit < 0:
+            raise ConfigError(
+                f"task {self.name}: image_size >= 8, signal_length >= 1 and limit >= 0 are required"
+            )
 
 
 @dataclass

@@ -135,9 +135,8 @@ def split_partition(
     spec: FedTask, task: FedTaskConfig, data: TaskData, y: np.ndarray, clients: int
 ) -> Partition:
     """The task's examples dealt to ``clients`` clients by subject (see :mod:`medfm.federated.partition`)."""
-    config = replace(
-        task.partition, clients=clients
-    )  # natural sites: the largest split until there are enough
+    # Natural sites are split (the largest first) or merged (the smallest first) to make ``clients``.
+    config = replace(task.partition, clients=clients)
     sites = spec.sites(data, config.site) if config.kind == "natural" else None
     partition = partition_examples(data.subjects, y, config, sites)
     if len(partition.names) != clients:
@@ -186,7 +185,7 @@ def prepare_federation(config: FederateConfig, folder: Path) -> dict[str, Any]:
                 data,
                 np.flatnonzero(data.split == split),
             )
-        table = partition_table(partition, y, spec.classes, split=data.split)
+        table = partition_table(partition, y, spec.classes, split=data.split, subjects=data.subjects)
         table.to_csv(folder / f"partition_{spec.name}.csv", index=False)
         plot_partition(
             table,

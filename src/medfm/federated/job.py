@@ -62,13 +62,13 @@ def prepared(config: FederateConfig, folder: Path) -> dict[str, Any]:
 
 def run_strategy(config: FederateConfig, strategy: StrategyConfig, run_dir: Path) -> dict[str, Any]:
     """One strategy's federation in the configured runtime (resumed when it stopped part-way)."""
-    output = run_dir / "strategies" / slug(strategy.label)
+    run_dir = run_dir.resolve()  # the ServerApp takes absolute paths only
+    output, federation = run_dir / "strategies" / slug(strategy.label), run_dir / "federation"
     done = output / "done.json"
     if done.is_file():
         log.info("%s finished before; kept", strategy.label)
         return json.loads(done.read_text())
     output.mkdir(parents=True, exist_ok=True)
-    federation = run_dir / "federation"
     server = make_server_app(str(run_dir / "config.yaml"), strategy.label, str(federation), str(output))
     client = make_client_app(str(federation))
     log.info(

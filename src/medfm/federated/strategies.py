@@ -220,6 +220,13 @@ class GuardedStrategy(Strategy):
         return self.primary.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                log.warning("round %d: an evaluation failed: %s", server_round, reply.error.reason)
+                self._note(
+                    server_round, "evaluation failed", reply.metadata.src_node_id, -1, str(reply.error.reason)
+                )
         good = [r for r in replies if not r.has_error() and r.has_content()]
         for reply in good:
             metrics = next(iter(reply.content.metric_records.values()))
