@@ -27,7 +27,7 @@ from medfm.federated.data import prepare_federation
 from medfm.federated.report import write_report
 from medfm.federated.runtime import run_in_process, run_simulated
 from medfm.log import get_logger
-from medfm.runs import Run
+from medfm.runs import Run, fingerprint_path
 
 log = get_logger("federated.job")
 
@@ -111,6 +111,8 @@ def run_federate(config: FederateConfig) -> Path:
     run = Run.create(run_dir, config, seeds={"federation": config.seed})
     start = time.perf_counter()
     info = prepared(config, run_dir / "federation")
+    # What every model trained and was scored on: the prepared files' fingerprint.
+    run.provenance["data"]["federation"] = fingerprint_path(run_dir / "federation")
     run.log(event="prepared", tasks=list(info["tasks"]), clients=info["clients"])
     timings = []
     for strategy in config.strategies:
