@@ -166,3 +166,22 @@ def test_every_named_strategy_is_built_from_flower(name):
     strategy = build_strategy(StrategyConfig(name), min_clients=3, fraction_train=0.6)
     assert type(strategy).__module__.startswith("flwr.serverapp.strategy")
     assert strategy.min_train_nodes == 3 and strategy.fraction_train == 0.6
+
+
+def test_the_superlinks_error_reply_about_a_dead_node_is_charged_to_that_node(caplog):
+    from flwr.app import Error
+
+    strategy = guard()
+    strategy.sent = [sent_to(node) for node in (1, 2, 3)]
+    # The SuperLink (node 1 here, as in a deployment) answers for node 3, which stopped sending heartbeats.
+    metadata = Metadata(
+        run_id=1, message_id="e3", src_node_id=1, dst_node_id=0, reply_to_message_id="q3",
+        group_id="1", created_at=time.time(), ttl=60, message_type="train",
+    )  # fmt: skip
+    lost = Message(metadata=metadata, error=Error(code=5, reason="Node Unavailable"))
+    good = [reply(1, arrays_of(1.0), {"a": 5, "b": 5}), reply(2, arrays_of(3.0), {"a": 5, "b": 5})]
+    with caplog.at_level(logging.WARNING, logger="medfm"):
+        arrays, _ = strategy.aggregate_train(1, [*good, lost])
+    np.testing.assert_allclose(arrays["a.w"].numpy(), 2.0)
+    assert [(e["event"], e["node"]) for e in strategy.events] == [("failed", 3)]
+    assert "node 3 failed: Node Unavailable" in caplog.text
