@@ -46,7 +46,7 @@ def test_fedprox_keeps_local_weights_near_the_global_ones():
         model = build_model({"icu": SERIES})["icu"]
         start = [p.detach().clone() for p in model.parameters()]
         train_task(model, separable(), config, epochs=3, seed=0, proximal_mu=mu)
-        drift[mu] = sum(float(((p - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
+        drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
     assert drift[10.0] < 0.5 * drift[0.0]
 
 

@@ -3,6 +3,7 @@ privacy, runtime. Typed dataclasses, loaded from YAML with ``key=value`` overrid
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from medfm.errors import ConfigError
@@ -49,6 +50,11 @@ class StrategyConfig:
     tau: float = 1e-3  # fedadam / fedyogi: adaptivity
     trim_beta: float = 0.2  # trimmed_mean: fraction cut at each end
     byzantine: int = 1  # krum: number of malicious clients it tolerates
+
+    @property
+    def folder(self) -> str:
+        """The strategy's folder name under a run's ``strategies/`` (its label, made path-safe)."""
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
 
     def __post_init__(self):
         if self.name not in STRATEGIES:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -32,14 +31,10 @@ from medfm.runs import Run, fingerprint_path
 log = get_logger("federated.job")
 
 
-def slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
 def data_key(config: FederateConfig) -> str:
-    """What decides the prepared files: tasks (with partitions), clients and seed."""
+    """What decides the prepared files: the tasks (with their partitions) and the number of clients."""
     settings = config_to_dict(config)
-    chosen = {"tasks": settings["tasks"], "clients": settings["clients"], "seed": settings["seed"]}
+    chosen = {"tasks": settings["tasks"], "clients": settings["clients"]}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -63,7 +58,7 @@ def prepared(config: FederateConfig, folder: Path) -> dict[str, Any]:
 def run_strategy(config: FederateConfig, strategy: StrategyConfig, run_dir: Path) -> dict[str, Any]:
     """One strategy's federation in the configured runtime (resumed when it stopped part-way)."""
     run_dir = run_dir.resolve()  # the ServerApp takes absolute paths only
-    output, federation = run_dir / "strategies" / slug(strategy.label), run_dir / "federation"
+    output, federation = run_dir / "strategies" / strategy.folder, run_dir / "federation"
     done = output / "done.json"
     if done.is_file():
         log.info("%s finished before; kept", strategy.label)

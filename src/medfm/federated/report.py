@@ -26,12 +26,6 @@ from medfm.federated.privacy import privacy_spent
 from medfm.pcs.report import write_document
 
 
-def slug(label: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
 def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return data["y"], data["prob"], data["subjects"]
@@ -41,7 +35,7 @@ def models(
     config: FederateConfig, run_dir: Path, baselines: list[dict], names: list[str]
 ) -> list[tuple[str, str, Path]]:
     """(method, model label, folder) of every model with test predictions; ``names`` are the clients'."""
-    found = [("federated", s.label, run_dir / "strategies" / slug(s.label)) for s in config.strategies]
+    found = [("federated", s.label, run_dir / "strategies" / s.folder) for s in config.strategies]
     for record in baselines:
         if record["method"] == "centralised":
             entry = ("centralised", "centralised", run_dir / "baselines" / "centralised")
@@ -92,7 +86,7 @@ def gaps(config: FederateConfig, run_dir: Path, tasks: list[str]) -> pd.DataFram
             continue
         y, prob_c, subjects = load_predictions(central)
         for strategy in config.strategies:
-            path = run_dir / "strategies" / slug(strategy.label) / f"test_{task}.npz"
+            path = run_dir / "strategies" / strategy.folder / f"test_{task}.npz"
             _, prob_s, _ = load_predictions(path)
             result = paired_bootstrap(y, prob_s, prob_c, subjects, False, "auroc", config.n_boot, config.seed)
             rows.append(
@@ -111,7 +105,7 @@ def read_rounds(config: FederateConfig, run_dir: Path) -> tuple[pd.DataFrame, pd
     """Per-round server scores, per-client scores and guard events of every strategy."""
     rounds, clients, events = [], [], []
     for strategy in config.strategies:
-        path = run_dir / "strategies" / slug(strategy.label) / "rounds.jsonl"
+        path = run_dir / "strategies" / strategy.folder / "rounds.jsonl"
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():
