@@ -14,13 +14,15 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, RdpAccountant, SamplingMethod
+from flwr.serverapp import PrivacyConfig as AccountingConfig
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
 
-from medfm.federated.config import PrivacyConfig
+from medfm.federated.config import FederateConfig, PrivacyConfig
 
 # The key under which Flower's client-side DP wrapper sends the clipping norm to the clients.
 CLIPPING_NORM_KEY = "clipping_norm"
@@ -58,7 +60,7 @@ def dp_sample_size(privacy: PrivacyConfig, clients: int, fraction: float, min_cl
     return sampled_clients(clients, fraction) if privacy.dp != "none" else min_clients
 
 
-def privacy_spent(config) -> dict:
+def privacy_spent(config: FederateConfig) -> dict:
     """The (epsilon, delta) client-level DP spends over the federation's rounds (empty without DP).
 
     Accounted with Flower's RDP accountant (Google's dp-accounting) for one Gaussian release per round
@@ -67,14 +69,6 @@ def privacy_spent(config) -> dict:
     privacy = config.privacy
     if privacy.dp == "none":
         return {}
-    from flwr.supercore.privacy_accounting import (
-        GaussianPrivacyEvent,
-        NeighboringRelation,
-        SamplingMethod,
-    )
-    from flwr.supercore.privacy_accounting import PrivacyConfig as AccountingConfig
-    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
-
     sampled = sampled_clients(config.clients, config.fraction_train)
     accountant = RdpAccountant(
         AccountingConfig(

@@ -185,7 +185,9 @@ class GuardedStrategy(Strategy):
                 self._note(server_round, "rejected", node, client_of(reply), problem)
                 continue
             good.append(reply)
-        return good
+        # Replies arrive in whatever order clients finish; summing in client order makes a round's
+        # aggregate (floating point) the same on every run.
+        return sorted(good, key=client_of)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
