@@ -125,6 +125,21 @@ def test_one_poisoning_client_collapses_fedavg_but_not_robust_strategies(data_ro
     assert results["fedmedian"] > 0.7 and results["trimmed_mean"] > 0.7
 
 
+def test_a_task_without_public_data_runs_from_a_users_image_folder(tmp_path, image_folder):
+    # The generic layout: images/ and labels.csv with path, label and patient_id columns.
+    table = (image_folder / "labels.csv").read_text().replace("path,patient,finding", "path,patient_id,label")
+    (image_folder / "labels.csv").write_text(table.replace("effusion", "covid"))
+    config = icu_config(
+        tmp_path,
+        "covid",
+        clients=2,
+        rounds=1,
+        tasks=[FedTaskConfig(name="covid19", root=str(image_folder), encoder="test_vit", image_size=32)],
+    )
+    results = pd.read_csv(run_federate(config) / "results.csv")
+    assert results["task"].tolist() == ["covid19"] and results["auroc"].notna().all()
+
+
 def test_a_multitask_federation_trains_each_task_on_the_clients_holding_it(data_root, tmp_path):
     config = icu_config(
         tmp_path,

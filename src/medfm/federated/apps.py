@@ -204,8 +204,10 @@ class ServerRun:
         self.offset = 0
         self.best = {"round": -1, "val_auroc": -math.inf}
         best_file = output / "best.json"
-        if best_file.is_file():
-            self.best = json.loads(best_file.read_text())
+        if best_file.is_file():  # a resumed run; an undefined validation AUROC is stored as null
+            saved = json.loads(best_file.read_text())
+            value = saved["val_auroc"]
+            self.best = {"round": saved["round"], "val_auroc": -math.inf if value is None else value}
 
     def initial_arrays(self) -> ArrayRecord:
         """The model's initial weights, or the last saved round's when resuming."""
@@ -232,7 +234,8 @@ class ServerRun:
         current = server_round + self.offset
         load_arrays(self.model, arrays)
         val, test = self.split_scores("val"), self.split_scores("test")
-        val_auroc = float(np.nanmean([v["auroc"] for v in val.values()])) if val else math.nan
+        defined = [v["auroc"] for v in val.values() if np.isfinite(v["auroc"])]
+        val_auroc = float(np.mean(defined)) if defined else math.nan
         record = {
             "round": current,
             "time": time.time(),
@@ -250,13 +253,18 @@ class ServerRun:
             )
             with (self.output / "rounds.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        if val_auroc > self.best["val_auroc"]:
-            self.best = {"round": current, "val_auroc": val_auroc}
+        # Ties keep the later round, so a validation split on which AUROC is undefined (one class) keeps
+        # the last round rather than the initial model.
+        if (val_auroc if np.isfinite(val_auroc) else -math.inf) >= self.best["val_auroc"]:
+            self.best = {"round": current, "val_auroc": val_auroc if np.isfinite(val_auroc) else -math.inf}
             save_file(
                 {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
                 str(self.output / "best.safetensors"),
             )
-            (self.output / "best.json").write_text(json.dumps(self.best))
+            value = self.best["val_auroc"]
+            (self.output / "best.json").write_text(
+                json.dumps({"round": current, "val_auroc": value if np.isfinite(value) else None})
+            )
         log.info("%s round %d: mean val AUROC %.3f", self.strategy_config.label, current, val_auroc)
         return MetricRecord({"val_auroc": val_auroc})
 

@@ -68,7 +68,8 @@ class FedTask:
         if self.folder_task and not root:
             raise ConfigError(
                 f"federated task {self.name} has no public data: set its root to a folder of images with a "
-                "labels.csv (columns path, label and optionally patient_id)"
+                "labels.csv of columns path, label and patient_id (a patient's images stay on one client "
+                "and in one split)"
             )
         if self.folder_task:
             return task_cls(root, id_column="patient_id", limit=limit or None)
