@@ -9,7 +9,8 @@ mask. Importing this module registers them in ``medfm.models.encoders.ENCODERS``
 
 ``create_encoder`` passes ``in_chans`` and ``img_size`` to every encoder. ``in_chans`` is the number of
 leads for the CNN and must be 1 for the ICU encoders; ``img_size`` (the length a model is built for, only a
-default listed with the encoders) is not used by any of them, as they take any length.
+default listed with the encoders) is not used by any of them: they take any length (the Transformer up to
+its ``max_hours``).
 """
 
 from __future__ import annotations
