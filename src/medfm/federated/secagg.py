@@ -16,6 +16,7 @@ the grid).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddic
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import Grid
 
 from medfm.errors import ConfigError
 from medfm.federated.model import exchanged
@@ -47,7 +49,9 @@ def is_legacy_train(msg: Message) -> bool:
     return FITINS_PARAMETERS in msg.content.array_records
 
 
-def legacy_train(msg: Message, train: Any) -> Message:
+def legacy_train(
+    msg: Message, train: Callable[[dict[str, Any], list[np.ndarray]], tuple[dict, int]]
+) -> Message:
     """Answer a legacy train message: ``train(config, arrays) -> (state dict, examples)`` does the work."""
     fitins = recorddict_to_fitins(msg.content, keep_input=True)
     config = {k: v for k, v in fitins.config.items()}
@@ -67,12 +71,12 @@ def load_ndarrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
 
 
 def run_secagg(
-    grid: Any,
+    grid: Grid,
     context: Context,
     initial: list[np.ndarray],
     rounds: int,
     train_config: dict[str, Any],
-    evaluate: Any,
+    evaluate: Callable[[int, list[np.ndarray]], tuple[float, dict]],
     *,
     clients: int,
     min_clients: int,
