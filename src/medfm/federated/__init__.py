@@ -1,1 +1,1 @@
-"""Federated learning on medical tasks, simulated with clients that each hold some subjects' data."""
+"""Federated learning on Flower: medical tasks partitioned by patient across clients, in simulation, in process or deployed."""
