@@ -1,1 +1,2 @@
-"""Federated learning on Flower: medical tasks partitioned by patient across clients, in simulation, in process or deployed."""
+"""Federated learning on Flower: medical tasks partitioned by patient across clients, simulated, in
+process or deployed."""
