@@ -37,7 +37,7 @@ from medfm.errors import ConfigError
 from medfm.federated.config import AttackConfig, FederateConfig, LocalTrainingConfig, StrategyConfig
 from medfm.federated.data import Split, read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
-from medfm.federated.model import build_model, exchanged, load_arrays, task_keys, to_arrays
+from medfm.federated.model import build_model, exchanged, load_arrays, load_state, task_keys, to_arrays
 from medfm.federated.privacy import clip_when_asked, dp_sample_size, wrap_privacy
 from medfm.federated.secagg import is_legacy_train, legacy_train, load_ndarrays, run_secagg, secagg_when_asked
 from medfm.federated.strategies import WEIGHT, GuardedStrategy, build_strategy
@@ -96,15 +96,13 @@ _clients: dict[tuple[str, int], ClientState] = {}
 def client_state(context: Context, federation_dir: str = "") -> ClientState:
     node, run = context.node_config, context.run_config
     partition = int(node.get("partition-id", -1))
-    path = node.get("data-path")
-    if not path:
-        folder = run.get("federation-dir") or federation_dir
-        if not folder or partition < 0:
-            raise ConfigError(
-                "a medfm client needs node config data-path, or federation-dir and partition-id"
-            )
+    folder = run.get("federation-dir") or federation_dir
+    if node.get("data-path"):
+        path = Path(str(node["data-path"]))
+    elif folder and partition >= 0:
         path = Path(str(folder)) / f"client_{partition}.safetensors"
-    path = Path(str(path))
+    else:
+        raise ConfigError("a medfm client needs node config data-path, or federation-dir and partition-id")
     if not path.is_file():
         raise ConfigError(f"client {partition}: data file not found: {path}")
     key = (str(path), path.stat().st_mtime_ns)
@@ -227,12 +225,13 @@ class ServerRun:
         }
 
     def evaluate(
-        self, strategy: GuardedStrategy | None, server_round: int, arrays: ArrayRecord
+        self, strategy: GuardedStrategy | None, server_round: int, state: dict[str, torch.Tensor]
     ) -> MetricRecord:
-        """Flower's ``evaluate_fn``: score the global model, save the round, keep the best (``strategy``
-        gives the round's client scores and guard events; SecAgg+ rounds have neither)."""
+        """Score the global model ``state``, save the round, keep the best (``strategy`` gives the
+        round's client scores and guard events; SecAgg+ rounds have neither)."""
         current = server_round + self.offset
-        load_arrays(self.model, arrays)
+        state = {key: tensor.contiguous() for key, tensor in state.items()}
+        load_state(self.model, state)
         val, test = self.split_scores("val"), self.split_scores("test")
         defined = [v["auroc"] for v in val.values() if np.isfinite(v["auroc"])]
         val_auroc = float(np.mean(defined)) if defined else math.nan
@@ -247,20 +246,14 @@ class ServerRun:
             "events": [e for e in strategy.events if e["round"] == server_round] if strategy else [],
         }
         if server_round > 0 or self.offset == 0:
-            save_file(
-                {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
-                str(self.rounds_dir / f"round_{current}.safetensors"),
-            )
+            save_file(state, str(self.rounds_dir / f"round_{current}.safetensors"))
             with (self.output / "rounds.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         # Ties keep the later round, so a validation split on which AUROC is undefined (one class) keeps
         # the last round rather than the initial model.
         if (val_auroc if np.isfinite(val_auroc) else -math.inf) >= self.best["val_auroc"]:
             self.best = {"round": current, "val_auroc": val_auroc if np.isfinite(val_auroc) else -math.inf}
-            save_file(
-                {k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
-                str(self.output / "best.safetensors"),
-            )
+            save_file(state, str(self.output / "best.safetensors"))
             value = self.best["val_auroc"]
             (self.output / "best.json").write_text(
                 json.dumps({"round": current, "val_auroc": value if np.isfinite(value) else None})
@@ -299,7 +292,7 @@ class ServerRun:
                 timeout=config.round_timeout,
                 train_config=train_config,
                 evaluate_config=ConfigRecord({"model-spec": train_config["model-spec"]}),
-                evaluate_fn=lambda r, a: self.evaluate(guarded, r, a),
+                evaluate_fn=lambda r, a: self.evaluate(guarded, r, a.to_torch_state_dict()),
             )
         self.save_best_predictions()
         return self.best
@@ -310,10 +303,8 @@ class ServerRun:
         names = list(arrays.keys())
 
         def evaluate(server_round: int, ndarrays: list[np.ndarray]) -> tuple[float, dict]:
-            record = ArrayRecord(
-                {n: torch.as_tensor(a, dtype=torch.float32) for n, a in zip(names, ndarrays)}
-            )
-            self.evaluate(None, server_round, record)
+            state = {n: torch.as_tensor(a, dtype=torch.float32) for n, a in zip(names, ndarrays)}
+            self.evaluate(None, server_round, state)
             return 0.0, {}
 
         per_client = np.sum([task["train_per_client"] for task in self.federation["tasks"].values()], axis=0)

@@ -58,10 +58,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def select(self, index: np.ndarray) -> Split:
-        rows = torch.as_tensor(index, dtype=torch.long)
-        return Split({k: v[rows] for k, v in self.inputs.items()}, self.y[rows], self.subjects[index])
-
 
 def question_tokens(question: str) -> list[int]:
     """Hashed unigrams and bigrams of the normalised question (a stable hash: Python's is salted)."""

@@ -65,7 +65,11 @@ def to_arrays(model: nn.Module) -> ArrayRecord:
 
 def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
     """Set the exchanged tensors of ``model`` from ``arrays`` (every one must be there, shapes equal)."""
-    state = arrays.to_torch_state_dict()
+    load_state(model, arrays.to_torch_state_dict())
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Set the exchanged tensors of ``model`` from a state dict holding every one of them."""
     missing = sorted(set(exchanged(model)) - set(state))
     if missing:
         raise ConfigError(

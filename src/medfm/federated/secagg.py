@@ -33,7 +33,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from medfm.errors import ConfigError
-from medfm.federated.model import exchanged
+from medfm.federated.model import exchanged, load_state
 
 FITINS_PARAMETERS = "fitins.parameters"
 
@@ -67,7 +67,7 @@ def load_ndarrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
     names = list(exchanged(model))
     if len(arrays) != len(names):
         raise ConfigError(f"received {len(arrays)} arrays for a model exchanging {len(names)} tensors")
-    model.load_state_dict({n: torch.as_tensor(a) for n, a in zip(names, arrays)}, strict=False)
+    load_state(model, dict(zip(names, map(torch.as_tensor, arrays))))
 
 
 def run_secagg(
