@@ -17,8 +17,6 @@ are what one federated round of sums would give exactly (no example leaves a cli
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,20 +29,18 @@ from safetensors.torch import load_file, save_file
 from medfm.errors import ConfigError, DataError
 from medfm.evaluate.backbones import Backbone
 from medfm.evaluate.encoders import build_backbone, resolve_encoder
+from medfm.evaluate.inputs import model_inputs
 from medfm.evaluate.tasks import TaskData
-from medfm.evaluate.tasks.vqa import normalise_text
 from medfm.evaluate.timeseries_backbones import SeriesBackbone, SignalBackbone
 from medfm.federated.config import FederateConfig, FedTaskConfig
 from medfm.federated.partition import Partition, partition_examples, partition_table, plot_partition
 from medfm.federated.tasks import FED_TASKS, FedTask
-from medfm.log import get_logger, progress
+from medfm.log import get_logger
 from medfm.models.encoders import create_encoder
 
 log = get_logger("federated.data")
 
 SPLITS = ("train", "val", "test")
-QUESTION_VOCAB = 4096  # hashed question tokens (unigrams and bigrams); 0 pads
-QUESTION_TOKENS = 32
 
 
 @dataclass
@@ -57,18 +53,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
-
-
-def question_tokens(question: str) -> list[int]:
-    """Hashed unigrams and bigrams of the normalised question (a stable hash: Python's is salted)."""
-    words = normalise_text(question).split()
-    grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-    ids = [
-        1 + int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest()) % (QUESTION_VOCAB - 1)
-        for g in grams
-    ]
-    ids = ids[:QUESTION_TOKENS]
-    return ids + [0] * (QUESTION_TOKENS - len(ids))
 
 
 def task_backbone(spec: FedTask, task: FedTaskConfig, data: TaskData) -> tuple[Backbone, dict[str, Any]]:
@@ -101,24 +85,6 @@ def task_backbone(spec: FedTask, task: FedTaskConfig, data: TaskData) -> tuple[B
         backbone = SignalBackbone(create_encoder(encoder, in_chans=leads), length=task.signal_length)
         return backbone, {"kind": kind, "encoder": encoder, "in_chans": leads}
     raise ConfigError(f"federated task {spec.name}: {kind} inputs are not supported")
-
-
-def model_inputs(
-    backbone: Backbone, data: TaskData, description: str, chunk: int = 256
-) -> dict[str, torch.Tensor]:
-    """Every example's preprocessed inputs, collated in chunks (bounded memory) and concatenated."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    starts = range(0, len(data), chunk)
-    for start in progress(starts, description, unit="chunks"):
-        batch = backbone.collate(data.inputs, range(start, min(start + chunk, len(data))))
-        for key, value in batch.items():
-            parts.setdefault(key, []).append(value.float().contiguous())
-    inputs = {key: torch.cat(values) for key, values in parts.items()}
-    if data.info.kind == "vqa":
-        inputs["question"] = torch.tensor(
-            [question_tokens(q) for q in data.inputs["question"]], dtype=torch.long
-        )
-    return inputs
 
 
 def load_task(task: FedTaskConfig) -> tuple[FedTask, TaskData, np.ndarray]:

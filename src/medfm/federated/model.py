@@ -15,9 +15,9 @@ from torch import nn
 
 from medfm.errors import ConfigError
 from medfm.evaluate.backbones import Backbone, ImageBackbone
+from medfm.evaluate.inputs import QUESTION_VOCAB
 from medfm.evaluate.protocols.finetune import Classifier
 from medfm.evaluate.timeseries_backbones import SeriesBackbone, SignalBackbone
-from medfm.federated.data import QUESTION_VOCAB
 from medfm.models.encoders import create_encoder
 
 
