@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from medfm.errors import ConfigError
-from medfm.evaluate.inputs import question_tokens
+from medfm.evaluate.inputs import Split, question_tokens
 from medfm.federated.config import FederateConfig, LocalTrainingConfig, PrivacyConfig
-from medfm.federated.data import Split
 from medfm.federated.local import scores, train_task
 from medfm.federated.model import build_model, exchanged, load_arrays, task_keys, to_arrays
 from medfm.federated.privacy import privacy_spent

@@ -1,6 +1,7 @@
 """The training loop: one engine for pretraining now, and for every later stage that trains a model.
 
-The model is any ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": ..., **logs}``. The trainer adds
+The model is any ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": ..., **logs}``; scalar logs are
+averaged into the metrics, other outputs (logits a hook needs) are only handed to the hooks. The trainer adds
 what a long run needs: AdamW with cosine learning-rate and weight-decay schedules, gradient accumulation,
 clipping, bf16 autocast, optional ``torch.compile``, an EMA copy, DDP under ``torchrun``, named hooks,
 JSONL metrics, a progress bar in images per second, and checkpoints that resume the run exactly (weights,
@@ -104,6 +105,11 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
         {"params": decay, "apply_weight_decay": True},
         {"params": no_decay, "apply_weight_decay": False, "weight_decay": 0.0},
     ]
+
+
+def loggable(value: Any) -> bool:
+    """Scalars (numbers, 0-d tensors) are logged; anything else in a model's outputs is not."""
+    return isinstance(value, int | float) or (torch.is_tensor(value) and value.ndim == 0)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -313,6 +319,8 @@ class Trainer:
                     outputs = hook.on_outputs(self, batch, outputs)
                 (outputs["loss"] / accum).backward()
             for key, value in outputs.items():
+                if not loggable(value):  # e.g. logits a hook reads: passed on, not logged
+                    continue
                 value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
                 sums[key] = sums[key] + value if key in sums else value
         for hook in self.hooks:

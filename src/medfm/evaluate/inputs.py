@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from medfm.evaluate.backbones import Backbone
@@ -19,6 +21,18 @@ from medfm.log import progress
 
 QUESTION_VOCAB = 4096  # hashed question tokens (unigrams and bigrams); 0 pads
 QUESTION_TOKENS = 32
+
+
+@dataclass
+class Split:
+    """One split of one task held in memory: model inputs, labels, subjects (one entry per example)."""
+
+    inputs: dict[str, torch.Tensor]
+    y: torch.Tensor
+    subjects: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
 
 
 def question_tokens(question: str) -> list[int]:

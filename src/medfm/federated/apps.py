@@ -34,8 +34,9 @@ from safetensors.torch import load_file, save_file
 
 from medfm.config import load_config
 from medfm.errors import ConfigError
+from medfm.evaluate.inputs import Split
 from medfm.federated.config import AttackConfig, FederateConfig, LocalTrainingConfig, StrategyConfig
-from medfm.federated.data import Split, read_federation, read_holder
+from medfm.federated.data import read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
 from medfm.federated.model import build_model, exchanged, load_arrays, load_state, task_keys, to_arrays
 from medfm.federated.privacy import clip_when_asked, dp_sample_size, wrap_privacy

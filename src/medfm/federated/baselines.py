@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfm.evaluate.inputs import Split
 from medfm.executors import make_executor
 from medfm.federated.config import FederateConfig
-from medfm.federated.data import Split, read_federation, read_holder
+from medfm.federated.data import read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
 from medfm.federated.model import build_model
 from medfm.log import get_logger, progress

@@ -18,7 +18,7 @@ are what one federated round of sums would give exactly (no example leaves a cli
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from medfm.errors import ConfigError, DataError
 from medfm.evaluate.backbones import Backbone
 from medfm.evaluate.encoders import build_backbone, resolve_encoder
-from medfm.evaluate.inputs import model_inputs
+from medfm.evaluate.inputs import Split, model_inputs
 from medfm.evaluate.tasks import TaskData
 from medfm.evaluate.timeseries_backbones import SeriesBackbone, SignalBackbone
 from medfm.federated.config import FederateConfig, FedTaskConfig
@@ -41,18 +41,6 @@ from medfm.models.encoders import create_encoder
 log = get_logger("federated.data")
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Split:
-    """One split of one task on one holder: model inputs, binary labels, subjects."""
-
-    inputs: dict[str, torch.Tensor]
-    y: torch.Tensor
-    subjects: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
 
 
 def task_backbone(spec: FedTask, task: FedTaskConfig, data: TaskData) -> tuple[Backbone, dict[str, Any]]:

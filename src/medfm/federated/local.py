@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medfm.evaluate.inputs import Split
 from medfm.evaluate.metrics import compute_metrics
 from medfm.federated.config import LocalTrainingConfig
-from medfm.federated.data import Split
 
 
 def make_optimiser(params, config: LocalTrainingConfig) -> torch.optim.Optimizer:
