@@ -312,6 +312,22 @@ def federate(
     console.print(f"[bold green]federation report:[/] {report}  ({document})")
 
 
+@app.command("continual")
+@friendly_errors
+def continual(
+    config: Annotated[Path, typer.Option("--config", "-c", help="stream YAML (see configs/continual/)")],
+    overrides: Overrides = None,
+) -> None:
+    """Learn a stream of experiences from a pretrained trunk with each strategy (naive, joint, specialised,
+    replay, EWC, LwF, DER++) and write the report: result matrices, forgetting, transfer, cost."""
+    from medfm.config import load_config
+    from medfm.continual.config import ContinualConfig
+    from medfm.continual.job import run_continual
+
+    run_dir = run_continual(load_config(ContinualConfig, config, overrides or []))
+    console.print(f"[bold green]continual-learning report:[/] {run_dir / 'continual.md'}")
+
+
 @pcs_app.command("reproduce")
 @friendly_errors
 def pcs_reproduce(

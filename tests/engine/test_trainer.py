@@ -106,6 +106,35 @@ def test_hooks_change_the_loss_and_keep_state(tmp_path):
     assert again.steps == 4
 
 
+class WithPredictions(ToyModel):
+    """Returns its predictions beside the loss, as continual-learning models return logits for hooks."""
+
+    def forward(self, batch):
+        pred = self.linear(batch["x"])
+        return {"loss": ((pred - batch["y"]) ** 2).mean(), "pred": pred, "count": len(pred)}
+
+
+class ReadsPredictions(Hook):
+    name = "reads"
+
+    def __init__(self):
+        self.shapes = []
+
+    def on_outputs(self, trainer, batch, outputs):
+        self.shapes.append(tuple(outputs["pred"].shape))
+        return outputs
+
+
+def test_non_scalar_outputs_reach_hooks_but_not_the_metrics(tmp_path):
+    run = Run.create(tmp_path, TrainConfig())
+    hook = ReadsPredictions()
+    config = TrainConfig(steps=3, batch_size=8, workers=0, log_every=1, warmup_steps=0)
+    Trainer(WithPredictions(), ToyData(), config, tmp_path, hooks=[hook], run=run).fit()
+    assert hook.shapes == [(8, 1)] * 3
+    records = read_metrics(tmp_path)
+    assert len(records) == 3 and "pred" not in records[0] and records[0]["count"] == 8
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(MedfmError, match=r"loss became (nan|inf)"):
         make_trainer(tmp_path, lr=1e30, warmup_steps=0, steps=30).fit()

@@ -47,13 +47,13 @@ class SignalBackbone(Backbone):
     is centre-cropped or zero-padded on both sides to ``length`` samples (default 30 s at 300 Hz).
     """
 
-    def __init__(self, encoder: nn.Module, length: int = 9000):
+    def __init__(self, encoder: nn.Module | None, length: int = 9000):
         super().__init__()
         if length < 1:
             raise ConfigError(f"signal length must be at least one sample, got {length}")
-        self.encoder = encoder
+        self.encoder = encoder  # None: preprocessing only (collate), for models that tokenise signals
         self.length = length
-        self.embed_dim = int(encoder.embed_dim)
+        self.embed_dim = int(encoder.embed_dim) if encoder is not None else 0
 
     def preprocess(self, signal: Any) -> torch.Tensor:
         x = np.asarray(signal, dtype=np.float32)
@@ -92,10 +92,10 @@ class SeriesBackbone(Backbone):
     what was never observed with 0 (the mean) and appends the mask: ``[values, mask]`` per hour.
     """
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module | None):
         super().__init__()
-        self.encoder = encoder
-        self.embed_dim = int(encoder.embed_dim)
+        self.encoder = encoder  # None: preprocessing only (fit, collate), for models that tokenise series
+        self.embed_dim = int(encoder.embed_dim) if encoder is not None else 0
         # Plain CPU tensors, not buffers: collate runs on CPU whatever device the encoder is on.
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None

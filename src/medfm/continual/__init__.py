@@ -1,0 +1,1 @@
+"""Continual learning of a medical foundation model (work in progress)."""

@@ -1,0 +1,82 @@
+"""How stable the stream's numbers are: subject-bootstrap intervals of every summary of the result matrix,
+and paired comparisons between strategies.
+
+One resample draws each experience's test subjects with replacement (all examples of a drawn subject move
+together, :mod:`medfm.evaluate.bootstrap`) and rescores every saved prediction on it, giving a resampled
+matrix; the summaries (:mod:`medfm.continual.metrics`) of the resampled matrices give percentile
+intervals. Resamples depend only on the experience and the seed, so every strategy is rescored on the
+same ones and differences between strategies are paired.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfm.continual.metrics import summarise
+from medfm.continual.stream import Stream
+from medfm.evaluate.bootstrap import percentile_interval, subject_resamples
+from medfm.evaluate.metrics import compute_metrics
+
+
+def resampled_matrices(
+    predictions: dict[str, np.ndarray],
+    stream: Stream,
+    metric: str,
+    n_boot: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[n_boot, T, T]`` matrices and ``[n_boot, T]`` starting scores rescored on subject resamples.
+
+    ``predictions`` maps ``"i/j"`` (experience j after step i) and ``"initial/j"`` to test probabilities;
+    missing entries stay NaN."""
+    T = len(stream.experiences)
+    matrices = np.full((n_boot, T, T), np.nan)
+    initial = np.full((n_boot, T), np.nan)
+    for j, experience in enumerate(stream.experiences):
+        test = experience.splits["test"]
+        y = test.y.numpy()
+        multilabel = stream.heads[experience.head].multilabel
+        resamples = list(subject_resamples(test.subjects, n_boot, seed + j))
+        for i in [*range(T), None]:
+            prob = predictions.get(f"{'initial' if i is None else i}/{j}")
+            if prob is None:
+                continue
+            values = [compute_metrics(y[idx], prob[idx], multilabel, [metric])[metric] for idx in resamples]
+            if i is None:
+                initial[:, j] = values
+            else:
+                matrices[:, i, j] = values
+    return matrices, initial
+
+
+def summary_intervals(
+    matrices: np.ndarray, initial: np.ndarray, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile interval of each summary over the resampled matrices."""
+    samples = [summarise(m, i) for m, i in zip(matrices, initial)]
+    return {key: percentile_interval(np.array([s[key] for s in samples]), level) for key in samples[0]}
+
+
+def paired_difference(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    key: str,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Interval of summary ``key`` of strategy a minus that of b, over the same resamples."""
+    diffs = np.array([summarise(ma, ia)[key] - summarise(mb, ib)[key] for ma, ia, mb, ib in zip(*a, *b)])
+    return percentile_interval(diffs, level)
+
+
+def paired_ratio(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    key: str,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Interval of ``1 - key(a) / key(b)`` (how much of b's forgetting a removes) over the same resamples."""
+    ratios = []
+    for ma, ia, mb, ib in zip(*a, *b):
+        denominator = summarise(mb, ib)[key]
+        ratios.append(1 - summarise(ma, ia)[key] / denominator if denominator > 0 else np.nan)
+    return percentile_interval(np.array(ratios), level)
