@@ -33,6 +33,7 @@ class ExperienceConfig:
     root: str = ""  # the task's data folder (default: its folder under MEDFM_DATA_ROOT)
     limit: int = 0  # read at most this many examples (smoke runs)
     image_size: int = 0  # 0: the stream's image_size
+    epochs: float = 0.0  # passes over its training examples (0: train.epochs); small experiences need more
 
     @property
     def label(self) -> str:
@@ -178,6 +179,8 @@ class ContinualConfig:
             raise ConfigError(f"strategies must have distinct labels (set label:): {titles}")
         if self.train.epochs <= 0 or self.train.batch_size < 2:
             raise ConfigError("train.epochs must be > 0 and train.batch_size >= 2")
+        if any(e.epochs < 0 for e in self.experiences):
+            raise ConfigError("an experience's epochs must be >= 0 (0: train.epochs)")
         if self.signal_length < self.signal_patch or self.signal_patch < 1:
             raise ConfigError("signal_patch must be between 1 and signal_length")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from medfm.config import config_to_dict
 from medfm.continual.config import ContinualConfig
-from medfm.continual.learner import learn
+from medfm.continual.learner import learn, start_worker
 from medfm.continual.report import write_report
 from medfm.continual.stream import Stream, build_stream, load_stream, save_stream
 from medfm.errors import MedfmError
@@ -95,10 +95,10 @@ def run_continual(config: ContinualConfig) -> Path:
             results[index] = done
         else:
             pending.append(index)
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // config.workers) if config.workers else 0
+    workers = min(config.workers, len(pending))
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers else 0
     failures: dict[str, str] = {}
-    with make_executor(min(config.workers, len(pending))) as executor:
+    with make_executor(workers, start_worker if workers else None, (threads,)) as executor:
         futures = {
             executor.submit(
                 learn,
@@ -107,7 +107,6 @@ def run_continual(config: ContinualConfig) -> Path:
                 str(folder / "stream"),
                 str(outputs[index]),
                 strategy_key(config, index),
-                threads,
             ): index
             for index in pending
         }

@@ -28,7 +28,7 @@ from medfm.continual.stream import Experience, Stream, load_stream
 from medfm.engine.hooks import Hook
 from medfm.engine.trainer import Trainer
 from medfm.evaluate.metrics import compute_metrics
-from medfm.log import get_logger
+from medfm.log import get_logger, setup_logging
 from medfm.measure import measure
 from medfm.runs import Run
 
@@ -102,13 +102,15 @@ def score(prob: np.ndarray, experience: Experience, split: str, metric: str, mul
     return compute_metrics(experience.splits[split].y.numpy(), prob, multilabel, [metric])[metric]
 
 
-def learn(
-    config_path: str, strategy_index: int, stream_folder: str, output: str, key: str = "", threads: int = 0
-) -> dict:
+def start_worker(threads: int) -> None:
+    """A strategy's process: its share of the cores, and log lines on the shared console."""
+    setup_logging()
+    torch.set_num_threads(threads)
+
+
+def learn(config_path: str, strategy_index: int, stream_folder: str, output: str, key: str = "") -> dict:
     """Run strategy ``strategy_index`` of the config over the prepared stream; write and return its result
     (``key`` records the settings it ran with, so a later run knows whether to reuse it)."""
-    if threads:
-        torch.set_num_threads(threads)
     config = load_config(ContinualConfig, config_path)
     strategy_config = config.strategies[strategy_index]
     stream = load_stream(Path(stream_folder))
@@ -201,7 +203,12 @@ def train_step(
     """Train ``model`` on the training data of ``experiences`` with the engine; return steps and seconds."""
     dataset = StreamData(stream, experiences)
     batch_size = max(2, min(config.train.batch_size, len(dataset)))
-    steps = steps_for(len(dataset), batch_size, config.train.epochs, config.train.max_steps)
+    # Each experience brings its examples times its epochs (joint training: the sum over the stream).
+    passes = sum(
+        len(stream.experiences[e]) * (config.experiences[e].epochs or config.train.epochs)
+        for e in experiences
+    )
+    steps = steps_for(passes, batch_size, 1.0, config.train.max_steps)
     engine = config.train.engine(steps, config.seed + index)
     engine.batch_size = batch_size
     hooks = [StepTag(index, stream.experiences[index].name), *strategy.hooks(index, model)]
