@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medfm.continual.stream import Experience, Head, Stream
+from medfm.continual.stream import SPLITS, Experience, Head, Stream
 from medfm.evaluate.encoders import EncoderSource
 from medfm.evaluate.inputs import Split
 
@@ -49,4 +49,21 @@ def class_stream() -> Stream:
         experience(0, "image", "shared", ("a", "b")),
         experience(1, "image", "shared", ("c", "d"), offset=2),
     ]
+    return Stream("class", experiences, {"shared": Head("shared", ("a", "b", "c", "d"), False)}, TRUNK)
+
+
+def separable_class_stream() -> Stream:
+    """Class-incremental: classes a, b then c, d, each class its own mean intensity (quick to learn), so
+    forgetting after the second experience is plain to see."""
+
+    def part(first: int, count: int, seed: int) -> Split:
+        generator = torch.Generator().manual_seed(seed)
+        y = torch.arange(count) % 2 + first
+        x = torch.randn(count, 1, 32, 32, generator=generator) * 0.5 + (y.float() - 1.5).view(-1, 1, 1, 1)
+        return Split({"image": x}, y, np.array([f"{seed}-{i}" for i in range(count)], dtype=object))
+
+    experiences = []
+    for i, names in enumerate((("a", "b"), ("c", "d"))):
+        splits = {s: part(2 * i, 64 if s == "train" else 32, 10 * i + k) for k, s in enumerate(SPLITS)}
+        experiences.append(Experience(i, f"classes-{i}", "synthetic", "image", "shared", names, splits))
     return Stream("class", experiences, {"shared": Head("shared", ("a", "b", "c", "d"), False)}, TRUNK)

@@ -11,7 +11,7 @@ from medfm.continual.config import ContinualConfig, ExperienceConfig, Experience
 from medfm.continual.learner import learn
 from medfm.continual.stream import load_stream, save_stream
 
-from .streams import task_stream
+from .streams import separable_class_stream, task_stream
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,22 @@ def test_the_same_settings_give_the_same_numbers(saved, tmp_path):
     first = learn(str(saved / "config.yaml"), 3, str(saved), str(tmp_path / "a"))
     second = learn(str(saved / "config.yaml"), 3, str(saved), str(tmp_path / "b"))
     assert first["R"] == second["R"]
+
+
+def test_replay_keeps_earlier_classes_that_naive_fine_tuning_forgets(tmp_path):
+    save_stream(separable_class_stream(), tmp_path / "stream")
+    config = ContinualConfig(
+        scenario="class",
+        experiences=[ExperienceConfig(task="synthetic", name=n, classes=[n]) for n in ("ab", "cd")],
+        strategies=[StrategyConfig("naive"), StrategyConfig("replay")],
+        train=ExperienceTrainConfig(epochs=8, batch_size=16, lr=3e-3),
+        metric="accuracy",
+    )
+    config.strategies[1].replay.examples = 16
+    save_config(config, tmp_path / "config.yaml")
+    naive = learn(str(tmp_path / "config.yaml"), 0, str(tmp_path / "stream"), str(tmp_path / "naive"))
+    replay = learn(str(tmp_path / "config.yaml"), 1, str(tmp_path / "stream"), str(tmp_path / "replay"))
+    naive_R, replay_R = np.array(naive["R"]["test"]), np.array(replay["R"]["test"])
+    assert naive_R[0, 0] > 0.9 and replay_R[0, 0] > 0.9  # the first classes were learnt
+    assert naive_R[1, 0] < 0.2  # then forgotten: the head now answers c or d
+    assert replay_R[1, 0] > 0.6 and replay_R[1, 1] > 0.8

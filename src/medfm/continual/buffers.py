@@ -6,7 +6,8 @@ Subclasses decide which examples stay: :class:`ReservoirBuffer` keeps a uniform 
 :class:`ClassBalancedBuffer` equal room per (experience, class). All choices come from the buffer's own
 seeded generator, so a run is reproducible and a checkpoint can carry the buffer (:meth:`state_dict`).
 
-Written here because no dependency of the toolkit offers rehearsal buffers (avalanche is not one of them).
+Written here because no runtime dependency offers them; avalanche (used by the tests only) has buffers of
+datasets, without a byte budget or mixed modalities.
 """
 
 from __future__ import annotations
