@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from medfm.config import load_config
 from medfm.continual.config import ContinualConfig
-from medfm.continual.model import ContinualModel, build_model
+from medfm.continual.model import ContinualModel, build_model, split_logits
 from medfm.continual.strategies import STRATEGIES, Strategy, steps_for
 from medfm.continual.stream import Experience, Stream, load_stream
 from medfm.engine.hooks import Hook
@@ -81,21 +81,11 @@ class StepTag(Hook):
         record["stream_step"], record["experience"] = self.index, self.experience
 
 
-@torch.no_grad()
-def predict(model: ContinualModel, experience: Experience, split: str, batch_size: int = 256) -> np.ndarray:
+def predict(model: ContinualModel, experience: Experience, split: str) -> np.ndarray:
     """Probabilities on a split with the experience's head (softmax, or sigmoids for multi-label heads)."""
-    model.eval()
-    data = experience.splits[split]
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(data), batch_size):
-        inputs = {k: v[start : start + batch_size].to(device) for k, v in data.inputs.items()}
-        logits = model.logits(inputs, experience.head).float()
-        out.append(torch.sigmoid(logits) if model.multilabel[experience.head] else torch.softmax(logits, 1))
-    model.train()
-    if not out:  # an empty split (a small task with no validation subjects)
-        return np.zeros((0, model.heads[experience.head].out_features), dtype=np.float32)
-    return torch.cat(out).cpu().numpy()
+    logits = split_logits(model, experience, split)
+    multilabel = model.multilabel[experience.head]
+    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).numpy()
 
 
 def score(prob: np.ndarray, experience: Experience, split: str, metric: str, multilabel: bool) -> float:

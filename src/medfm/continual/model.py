@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfm.continual.stream import Stream
+from medfm.continual.stream import Experience, Stream
 from medfm.models.encoders import create_encoder
 
 
@@ -119,3 +119,20 @@ def build_model(stream: Stream, config_signal_patch: int, seed: int) -> Continua
     model = ContinualModel(trunk, tokenizers, heads)
     model.multilabel = {name: head.multilabel for name, head in stream.heads.items()}
     return model
+
+
+@torch.no_grad()
+def split_logits(
+    model: ContinualModel, experience: Experience, split: str, batch_size: int = 256
+) -> torch.Tensor:
+    """The logits of the experience's head on one of its splits, in evaluation mode, on the CPU."""
+    training = model.training
+    model.eval()
+    data = experience.splits[split]
+    device = next(model.parameters()).device
+    out = [torch.zeros(0, model.heads[experience.head].out_features)]  # an empty split gives [0, outputs]
+    for start in range(0, len(data), batch_size):
+        inputs = {k: v[start : start + batch_size].to(device) for k, v in data.inputs.items()}
+        out.append(model.logits(inputs, experience.head).float().cpu())
+    model.train(training)
+    return torch.cat(out)

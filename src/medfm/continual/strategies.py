@@ -29,7 +29,7 @@ from torch import nn
 
 from medfm.continual.buffers import BUFFERS, BufferBudget, ReplayBuffer, parse_bytes
 from medfm.continual.config import StrategyConfig
-from medfm.continual.model import ContinualModel, task_loss
+from medfm.continual.model import ContinualModel, split_logits, task_loss
 from medfm.continual.stream import Experience, Stream
 from medfm.engine.hooks import Hook
 from medfm.engine.trainer import Trainer, to_device
@@ -193,7 +193,7 @@ class DarkExperienceReplay(Replay):
 
     def after_experience(self, index, model):
         experience = self.stream.experiences[index]
-        logits = predict_logits(model, experience)
+        logits = split_logits(model, experience, "train")
         offer_experience(self.buffer, experience, self.seed + index, logits)
 
 
@@ -216,21 +216,6 @@ class LogitMatching(Hook):
         count = sum(len(part["y"]) for part in batch["parts"] if part.get("stored_logits") is not None)
         term = self.alpha * sum(terms) / count
         return {**outputs, "loss": outputs["loss"] + term, "der_loss": term.detach()}
-
-
-@torch.no_grad()
-def predict_logits(
-    model: ContinualModel, experience: Experience, split: str = "train", batch_size: int = 256
-):
-    model.eval()
-    data = experience.splits[split]
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(data), batch_size):
-        inputs = {k: v[start : start + batch_size].to(device) for k, v in data.inputs.items()}
-        out.append(model.logits(inputs, experience.head).float().cpu())
-    model.train()
-    return torch.cat(out)
 
 
 # ---- regularisation -----------------------------------------------------------------------------
