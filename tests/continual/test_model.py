@@ -7,15 +7,15 @@ from .streams import class_stream, task_stream
 
 def test_each_modality_reaches_the_shared_trunk():
     model = build_model(task_stream(), 50, seed=0)
-    assert set(model.tokenizers) == {"signal", "series"} and len(model.heads) == 3
+    assert set(model.tokenizers) == {"signal_1x200", "series_6x4"} and len(model.heads) == 3
     features = {
         "image": model.features({"image": torch.randn(3, 1, 32, 32)}),
         "signal": model.features({"signal": torch.randn(3, 1, 200)}),
         "series": model.features({"series": torch.randn(3, 6, 4)}),
     }
     assert all(f.shape == (3, model.trunk.embed_dim) for f in features.values())
-    assert isinstance(model.tokenizers["signal"], SignalTokens)
-    assert isinstance(model.tokenizers["series"], SeriesTokens)
+    assert isinstance(model.tokenizers["signal_1x200"], SignalTokens)
+    assert isinstance(model.tokenizers["series_6x4"], SeriesTokens)
     # the signal's tokens: 200 samples in patches of 50, behind the class token
     assert model.tokens({"signal": torch.randn(2, 1, 200)}).shape == (2, 5, model.trunk.embed_dim)
 
@@ -57,3 +57,19 @@ def test_multilabel_heads_use_independent_sigmoids():
     assert task_loss(logits, torch.tensor([[1.0, 0.0]]), True) < 1e-3
     assert task_loss(logits, torch.tensor([[0.0, 1.0]]), True) > 5
     assert isinstance(ContinualModel, type)
+
+
+def test_series_of_different_widths_get_tokenizers_of_their_own():
+    from medfm.continual.stream import Head, Stream
+
+    from .streams import TRUNK, experience
+
+    wide = experience(1, "series", "wide", ("f", "g"))
+    for split in wide.splits.values():
+        split.inputs["series"] = torch.randn(len(split), 6, 9)
+    narrow = experience(0, "series", "narrow", ("f", "g"))
+    heads = {"narrow": Head("narrow", ("f", "g"), False), "wide": Head("wide", ("f", "g"), False)}
+    model = build_model(Stream("task", [narrow, wide], heads, TRUNK), 50, seed=0)
+    assert set(model.tokenizers) == {"series_6x4", "series_6x9"}
+    assert model.logits({"series": torch.randn(2, 6, 9)}, "wide").shape == (2, 2)
+    assert model.logits({"series": torch.randn(2, 6, 4)}, "narrow").shape == (2, 2)

@@ -137,4 +137,4 @@ def test_a_class_incremental_stream_grows_one_head_and_keeps_subject_splits(data
     trained = {s for e in stream.experiences for s in e.splits["train"].subjects}
     tested = {s for e in stream.experiences for s in e.splits["test"].subjects}
     assert not trained & tested  # no test subject is trained on in any experience
-    assert stream.signature() == {"signal": (1, 1500)}
+    assert stream.signatures() == {"signal_1x1500": ("signal", (1, 1500))}

@@ -3,7 +3,8 @@ input kind, and the stream's heads.
 
 Images enter through the trunk's own patch embedding; an ECG becomes tokens of ``patch`` samples (a strided
 convolution over the leads) and an ICU stay one token per hour (a linear map of its values and mask), each
-with learned positions, behind the trunk's class token. So a task-incremental stream across modalities
+with learned positions, behind the trunk's class token. Each distinct signal or series shape has its own
+tokenizer (named by kind and shape). So a task-incremental stream across modalities
 trains one set of transformer blocks, which is where forgetting happens.
 
 A training batch holds one *part* per experience it draws from (replay and joint training mix
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfm.continual.stream import Experience, Stream
+from medfm.continual.stream import Experience, Stream, tokenizer_name
 from medfm.models.encoders import create_encoder
 
 
@@ -63,7 +64,7 @@ class ContinualModel(nn.Module):
         if "image" in inputs:
             return self.trunk.tokenize(inputs["image"])
         kind = next(k for k in ("signal", "series") if k in inputs)
-        tokens = self.tokenizers[kind](inputs[kind])
+        tokens = self.tokenizers[tokenizer_name(kind, tuple(inputs[kind].shape[1:]))](inputs[kind])
         prefix = self.trunk.cls_token.expand(len(tokens), -1, -1)
         if not self.trunk.no_embed_class:  # the class token's own position embedding, as for images
             prefix = prefix + self.trunk.pos_embed[:, :1]
@@ -108,13 +109,13 @@ def build_model(stream: Stream, config_signal_patch: int, seed: int) -> Continua
     trunk = create_encoder(weights, in_chans=source.in_chans)
     dim = int(trunk.embed_dim)
     tokenizers: dict[str, nn.Module] = {}
-    for kind, shape in stream.signature().items():
+    for name, (kind, shape) in stream.signatures().items():
         if kind == "signal":
             leads, length = shape
-            tokenizers[kind] = SignalTokens(leads, length, config_signal_patch, dim)
+            tokenizers[name] = SignalTokens(leads, length, config_signal_patch, dim)
         else:
             hours, features = shape
-            tokenizers[kind] = SeriesTokens(hours, features, dim)
+            tokenizers[name] = SeriesTokens(hours, features, dim)
     heads = {name: nn.Linear(dim, len(head.classes)) for name, head in stream.heads.items()}
     model = ContinualModel(trunk, tokenizers, heads)
     model.multilabel = {name: head.multilabel for name, head in stream.heads.items()}

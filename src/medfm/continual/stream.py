@@ -79,13 +79,19 @@ class Stream:
     def train_examples(self) -> int:
         return sum(len(e) for e in self.experiences)
 
-    def signature(self) -> dict[str, tuple[int, ...]]:
-        """The per-example shape of each non-image input kind (what the trunk's tokenizers are built for)."""
-        shapes: dict[str, tuple[int, ...]] = {}
+    def signatures(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Each distinct non-image input (kind and per-example shape) by its tokenizer's name: an ECG of one
+        lead and one of twelve, or ICU stays with 37 and with 34 variables, need tokenizers of their own."""
+        found: dict[str, tuple[str, tuple[int, ...]]] = {}
         for experience in self.experiences:
             if experience.kind != "image":
-                shapes.setdefault(experience.kind, experience.input_shapes[experience.kind])
-        return shapes
+                shape = experience.input_shapes[experience.kind]
+                found.setdefault(tokenizer_name(experience.kind, shape), (experience.kind, shape))
+        return found
+
+
+def tokenizer_name(kind: str, shape: tuple[int, ...]) -> str:
+    return f"{kind}_{'x'.join(map(str, shape))}"
 
 
 def build_stream(config: ContinualConfig) -> Stream:
