@@ -13,6 +13,7 @@ Scenarios (van de Ven et al. 2022, "Three types of incremental learning"):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from medfm.engine.trainer import TrainConfig
@@ -197,3 +198,8 @@ def check_strategy(strategy: StrategyConfig) -> None:
         raise ConfigError("replay.examples and replay.batch_size must be >= 0")
     if strategy.ewc.strength < 0 or strategy.lwf.alpha < 0 or strategy.lwf.temperature <= 0:
         raise ConfigError("ewc.strength and lwf.alpha must be >= 0, lwf.temperature > 0")
+
+
+def slug(text: str) -> str:
+    """A label as a folder or file name: ``replay (class-balanced)`` -> ``replay-class-balanced``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

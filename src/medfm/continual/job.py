@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import traceback
 from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
 from medfm.config import config_to_dict
-from medfm.continual.config import ContinualConfig
+from medfm.continual.config import ContinualConfig, slug
 from medfm.continual.learner import learn, start_worker
 from medfm.continual.report import write_report
 from medfm.continual.stream import Stream, build_stream, load_stream, save_stream
@@ -47,10 +46,6 @@ def strategy_key(config: ContinualConfig, index: int) -> str:
     settings = config_to_dict(config)
     chosen = {key: settings[key] for key in ("train", "metric", "seed", "signal_patch")}
     return digest({"stream": stream_key(config), "strategy": settings["strategies"][index], **chosen})
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def prepared_stream(config: ContinualConfig, folder: Path) -> Stream:

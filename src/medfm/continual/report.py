@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medfm.config import config_to_dict
-from medfm.continual.config import ContinualConfig
+from medfm.continual.config import ContinualConfig, slug
 from medfm.continual.figures import plot_experience_curves, plot_result_matrix, plot_strategy_summary
 from medfm.continual.intervals import paired_difference, paired_ratio, resampled_matrices, summary_intervals
 from medfm.continual.metrics import summarise
@@ -110,7 +110,7 @@ def write_report(
 
     figures = []
     for title in matrices:
-        path = folder / f"matrix_{slugify(title)}.png"
+        path = folder / f"matrix_{slug(title)}.png"
         plot_result_matrix(
             matrices[title], names, path, title=f"{title}: {metric} after each step", metric=metric
         )
@@ -126,51 +126,42 @@ def write_report(
     }
 
 
-def slugify(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
 def compare(summaries: dict[str, dict[str, float]], resampled: dict[str, tuple]) -> list[dict[str, Any]]:
-    """Each strategy against naive fine-tuning (share of its forgetting removed) and joint training (ACC
-    gap), with paired intervals when resamples exist."""
+    """Each strategy against naive fine-tuning (the share of its forgetting removed, when naive fine-tuning
+    forgot) and joint training (ACC difference), with paired intervals when resamples exist."""
     rows = []
+    nan = (math.nan, math.nan)
     for title, values in summaries.items():
-        if "naive" in summaries and title != "naive":
-            base = summaries["naive"]["forgetting"]
-            cut = 1 - values["forgetting"] / base if base > 0 else math.nan
-            low, high = (
-                paired_ratio(resampled[title], resampled["naive"], "forgetting")
-                if resampled
-                else (math.nan,) * 2
-            )
+        naive = summaries.get("naive", {}).get("forgetting", math.nan)
+        if title != "naive" and naive > 0 and not math.isnan(values["forgetting"]):
+            interval = paired_ratio(resampled[title], resampled["naive"], "forgetting") if resampled else nan
+            row = {"strategy": title, "against": "naive", "measure": "forgetting removed"}
             rows.append(
-                {
-                    "strategy": title,
-                    "against": "naive",
-                    "measure": "forgetting removed",
-                    "value": cut,
-                    "low": low,
-                    "high": high,
-                }
+                {**row, "value": 1 - values["forgetting"] / naive, "low": interval[0], "high": interval[1]}
             )
         if "joint" in summaries and title != "joint":
-            gap = values["acc"] - summaries["joint"]["acc"]
-            low, high = (
-                paired_difference(resampled[title], resampled["joint"], "acc")
-                if resampled
-                else (math.nan,) * 2
-            )
+            interval = paired_difference(resampled[title], resampled["joint"], "acc") if resampled else nan
+            row = {"strategy": title, "against": "joint", "measure": "ACC difference"}
             rows.append(
                 {
-                    "strategy": title,
-                    "against": "joint",
-                    "measure": "ACC difference",
-                    "value": gap,
-                    "low": low,
-                    "high": high,
+                    **row,
+                    "value": values["acc"] - summaries["joint"]["acc"],
+                    "low": interval[0],
+                    "high": interval[1],
                 }
             )
     return rows
+
+
+def comparison(title: str, against: str, measure: str, value: float, interval: tuple[float, float]) -> dict:
+    return {
+        "strategy": title,
+        "against": against,
+        "measure": measure,
+        "value": value,
+        "low": interval[0],
+        "high": interval[1],
+    }
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
