@@ -66,17 +66,3 @@ def paired_difference(
     """Interval of summary ``key`` of strategy a minus that of b, over the same resamples."""
     diffs = np.array([summarise(ma, ia)[key] - summarise(mb, ib)[key] for ma, ia, mb, ib in zip(*a, *b)])
     return percentile_interval(diffs, level)
-
-
-def paired_ratio(
-    a: tuple[np.ndarray, np.ndarray],
-    b: tuple[np.ndarray, np.ndarray],
-    key: str,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Interval of ``1 - key(a) / key(b)`` (how much of b's forgetting a removes) over the same resamples."""
-    ratios = []
-    for ma, ia, mb, ib in zip(*a, *b):
-        denominator = summarise(mb, ib)[key]
-        ratios.append(1 - summarise(ma, ia)[key] / denominator if denominator > 0 else np.nan)
-    return percentile_interval(np.array(ratios), level)

@@ -17,7 +17,7 @@ import pandas as pd
 from medfm.config import config_to_dict
 from medfm.continual.config import ContinualConfig, slug
 from medfm.continual.figures import plot_experience_curves, plot_result_matrix, plot_strategy_summary
-from medfm.continual.intervals import paired_difference, paired_ratio, resampled_matrices, summary_intervals
+from medfm.continual.intervals import paired_difference, resampled_matrices, summary_intervals
 from medfm.continual.metrics import summarise
 from medfm.continual.stream import Stream
 
@@ -127,29 +127,27 @@ def write_report(
 
 
 def compare(summaries: dict[str, dict[str, float]], resampled: dict[str, tuple]) -> list[dict[str, Any]]:
-    """Each strategy against naive fine-tuning (the share of its forgetting removed, when naive fine-tuning
-    forgot) and joint training (ACC difference), with paired intervals when resamples exist."""
+    """Each strategy against naive fine-tuning (forgetting difference, with the share of naive's forgetting
+    removed when naive forgot) and joint training (ACC difference); intervals are paired over the same
+    resamples (a ratio's interval is not given: it explodes where naive's resampled forgetting nears 0)."""
     rows = []
     nan = (math.nan, math.nan)
+    naive = summaries.get("naive", {}).get("forgetting", math.nan)
     for title, values in summaries.items():
-        naive = summaries.get("naive", {}).get("forgetting", math.nan)
-        if title != "naive" and naive > 0 and not math.isnan(values["forgetting"]):
-            interval = paired_ratio(resampled[title], resampled["naive"], "forgetting") if resampled else nan
-            row = {"strategy": title, "against": "naive", "measure": "forgetting removed"}
-            rows.append(
-                {**row, "value": 1 - values["forgetting"] / naive, "low": interval[0], "high": interval[1]}
+        if title != "naive" and not math.isnan(naive) and not math.isnan(values["forgetting"]):
+            interval = (
+                paired_difference(resampled[title], resampled["naive"], "forgetting") if resampled else nan
             )
+            rows.append(
+                comparison(title, "naive", "forgetting difference", values["forgetting"] - naive, interval)
+            )
+            if naive > 0:
+                removed = 1 - values["forgetting"] / naive
+                rows.append(comparison(title, "naive", "share of forgetting removed", removed, nan))
         if "joint" in summaries and title != "joint":
             interval = paired_difference(resampled[title], resampled["joint"], "acc") if resampled else nan
-            row = {"strategy": title, "against": "joint", "measure": "ACC difference"}
-            rows.append(
-                {
-                    **row,
-                    "value": values["acc"] - summaries["joint"]["acc"],
-                    "low": interval[0],
-                    "high": interval[1],
-                }
-            )
+            gap = values["acc"] - summaries["joint"]["acc"]
+            rows.append(comparison(title, "joint", "ACC difference", gap, interval))
     return rows
 
 
@@ -162,6 +160,10 @@ def comparison(title: str, against: str, measure: str, value: float, interval: t
         "low": interval[0],
         "high": interval[1],
     }
+
+
+def interval_text(low: float, high: float) -> str:
+    return "" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -177,7 +179,7 @@ def document(config, stream, results, summaries, intervals, comparisons, failure
         f"# Continual learning: {config.name}",
         "",
         f"Scenario **{stream.scenario}-incremental**, {len(stream.experiences)} experiences, shared "
-        f"trunk `{stream.trunk.label}` ({stream.trunk.name}), metric **{metric}** on each experience's "
+        f"trunk `{config.encoder}` ({stream.trunk.name}), metric **{metric}** on each experience's "
         f"test subjects. R[i, j] is experience j's score after step i. Intervals: 95 % percentile over "
         f"{config.bootstrap} resamples of test subjects, the same resamples for every strategy (paired "
         "differences).",
@@ -244,7 +246,7 @@ def document(config, stream, results, summaries, intervals, comparisons, failure
                         c["against"],
                         c["measure"],
                         fmt(c["value"]),
-                        f"[{fmt(c['low'])}, {fmt(c['high'])}]",
+                        interval_text(c["low"], c["high"]),
                     ]
                     for c in comparisons
                 ],
