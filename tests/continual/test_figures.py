@@ -79,7 +79,7 @@ def test_strategy_summary(results, tmp_path):
     assert np.isnan(summary["joint (upper bound)"]["forgetting"])
     path = tmp_path / "summary.png"
     assert_png(plot_strategy_summary(summary, path), path)
-    forgetting_panel = _draw_strategy_summary(summary).axes[1]
+    forgetting_panel = _draw_strategy_summary(summary, "auroc").axes[1]
     # bar_label's annotations sit at their bar's end (xy); the "n/a" text at its own position
     labels = {
         text.get_text().strip(): getattr(text, "xy", text.get_position())[1]

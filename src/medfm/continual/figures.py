@@ -39,9 +39,11 @@ def plot_experience_curves(
     return _save(_draw_experience_curves(results, names, metric=metric), Path(path))
 
 
-def plot_strategy_summary(summary: Mapping[str, Mapping[str, float]], path: Path) -> Path:
-    """Average accuracy and forgetting (max reference) per strategy, as two bar panels."""
-    return _save(_draw_strategy_summary(summary), Path(path))
+def plot_strategy_summary(
+    summary: Mapping[str, Mapping[str, float]], path: Path, *, metric: str = "accuracy"
+) -> Path:
+    """ACC (the mean final score) and forgetting (max reference) per strategy, as two bar panels."""
+    return _save(_draw_strategy_summary(summary, metric), Path(path))
 
 
 # --- drawing -------------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def _draw_experience_curves(
     return figure
 
 
-def _draw_strategy_summary(summary: Mapping[str, Mapping[str, float]]) -> Figure:
+def _draw_strategy_summary(summary: Mapping[str, Mapping[str, float]], metric: str) -> Figure:
     if not summary:
         raise ValueError("summary holds no strategy")
     strategies = list(summary)
@@ -122,7 +124,7 @@ def _draw_strategy_summary(summary: Mapping[str, Mapping[str, float]]) -> Figure
     for ax, key, label in zip(
         panels,
         ("acc", "forgetting"),
-        ("ACC (average accuracy)", "forgetting (max reference; lower is better)"),
+        (f"ACC (mean final {metric})", f"forgetting of {metric} (max reference; lower is better)"),
     ):
         values = np.array([summary[s].get(key, np.nan) for s in strategies], dtype=float)
         _draw_bars(ax, values, colours)

@@ -116,7 +116,7 @@ def write_report(
         )
         figures.append((f"{title}: result matrix", path.name))
     plot_experience_curves(matrices, names, folder / "curves.png", metric=metric)
-    plot_strategy_summary(summaries, folder / "summary.png")
+    plot_strategy_summary(summaries, folder / "summary.png", metric=metric)
 
     text = document(config, stream, results, summaries, intervals, comparisons, failures, figures)
     (folder / "continual.md").write_text(text)
