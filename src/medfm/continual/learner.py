@@ -88,8 +88,24 @@ def predict(model: ContinualModel, experience: Experience, split: str) -> np.nda
     return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).numpy()
 
 
-def score(prob: np.ndarray, experience: Experience, split: str, metric: str, multilabel: bool) -> float:
-    return compute_metrics(experience.splits[split].y.numpy(), prob, multilabel, [metric])[metric]
+def score_step(
+    stream: Stream, metric: str, scorers: list[ContinualModel | None]
+) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray]]:
+    """Each experience scored by its scorer (None: left NaN) on validation and test: one row of R per
+    split, and the test probabilities by experience."""
+    row = {split: np.full(len(scorers), np.nan) for split in SCORED_SPLITS}
+    test: dict[int, np.ndarray] = {}
+    for j, (experience, scorer) in enumerate(zip(stream.experiences, scorers)):
+        if scorer is None:
+            continue
+        multilabel = scorer.multilabel[experience.head]
+        for split in SCORED_SPLITS:
+            prob = predict(scorer, experience, split)
+            y = experience.splits[split].y.numpy()
+            row[split][j] = compute_metrics(y, prob, multilabel, [metric])[metric]
+            if split == "test":
+                test[j] = prob
+    return row, test
 
 
 def start_worker(threads: int) -> None:
@@ -113,16 +129,8 @@ def learn(config_path: str, strategy_index: int, stream_folder: str, output: str
     strategy.start(model)
     T = len(stream.experiences)
     matrices = {split: np.full((T, T), np.nan) for split in SCORED_SPLITS}
-    initial = {split: np.full(T, np.nan) for split in SCORED_SPLITS}
-    predictions: dict[str, np.ndarray] = {}
-    for j, experience in enumerate(stream.experiences):
-        for split in SCORED_SPLITS:
-            prob = predict(model, experience, split)
-            initial[split][j] = score(
-                prob, experience, split, config.metric, model.multilabel[experience.head]
-            )
-            if split == "test":
-                predictions[f"initial/{j}"] = prob
+    initial, probabilities = score_step(stream, config.metric, [model] * T)
+    predictions = {f"initial/{j}": prob for j, prob in probabilities.items()}
     steps, seconds, memory = [], [], []
     with measure() as total_cost:
         for i, experience in enumerate(stream.experiences):
@@ -136,23 +144,18 @@ def learn(config_path: str, strategy_index: int, stream_folder: str, output: str
             steps.append(taken)
             seconds.append(round(cost_seconds, 2))
             memory.append(strategy.memory_bytes())
-            for j, other in enumerate(stream.experiences):
-                scorer = strategy.scorer(i, j, model)
-                if scorer is None:
-                    continue
-                for split in SCORED_SPLITS:
-                    prob = predict(scorer, other, split)
-                    matrices[split][i, j] = score(
-                        prob, other, split, config.metric, scorer.multilabel[other.head]
-                    )
-                    if split == "test":
-                        predictions[f"{i}/{j}"] = prob
+            row, probabilities = score_step(
+                stream, config.metric, [strategy.scorer(i, j, model) for j in range(T)]
+            )
+            for split in SCORED_SPLITS:
+                matrices[split][i] = row[split]
+            predictions.update({f"{i}/{j}": prob for j, prob in probabilities.items()})
             log.info(
                 "%s after %s: %s %s",
                 strategy_config.title,
                 experience.name,
                 config.metric,
-                " ".join(f"{v:.3f}" for v in matrices["test"][i]),
+                " ".join(f"{v:.3f}" for v in row["test"]),
             )
     result = {
         "key": key,
@@ -161,7 +164,7 @@ def learn(config_path: str, strategy_index: int, stream_folder: str, output: str
         "metric": config.metric,
         "experiences": stream.names,
         "R": {split: m.tolist() for split, m in matrices.items()},
-        "initial": {split: v.tolist() for split, v in initial.items()},
+        "initial": {split: values.tolist() for split, values in initial.items()},
         "steps": steps,
         "train_seconds": seconds,
         "memory_bytes": memory,
