@@ -55,6 +55,10 @@ def test_bad_replay_settings_are_refused():
     strategy.replay.policy = "fifo"
     with pytest.raises(ConfigError, match=r"replay\.policy"):
         stream_config(strategies=[strategy]).check()
+    strategy = StrategyConfig("replay")
+    strategy.replay.bytes = "ten megabytes"
+    with pytest.raises(ConfigError, match=r"replay\.bytes: cannot read 'ten megabytes' as a size"):
+        stream_config(strategies=[strategy]).check()
 
 
 def test_the_shipped_configs_load_and_pass_their_checks():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from medfm.continual.buffers import parse_bytes
 from medfm.engine.trainer import TrainConfig
 from medfm.errors import ConfigError
 
@@ -196,6 +197,11 @@ def check_strategy(strategy: StrategyConfig) -> None:
         raise ConfigError(f"replay.fraction must be in (0, 1], got {replay.fraction}")
     if replay.examples < 0 or replay.batch_size < 0:
         raise ConfigError("replay.examples and replay.batch_size must be >= 0")
+    if replay.bytes:
+        try:
+            parse_bytes(replay.bytes)
+        except ValueError as err:
+            raise ConfigError(f"replay.bytes: {err}") from None
     if strategy.ewc.strength < 0 or strategy.lwf.alpha < 0 or strategy.lwf.temperature <= 0:
         raise ConfigError("ewc.strength and lwf.alpha must be >= 0, lwf.temperature > 0")
 
