@@ -64,47 +64,8 @@ def write_report(
             resampled[title] = resampled_matrices(predictions, stream, metric, config.bootstrap, config.seed)
     intervals = {title: summary_intervals(*resampled[title]) for title in resampled}
 
-    rows = []
-    for title, _, result in results:
-        for split, values in result["R"].items():
-            for i, row in enumerate(values):
-                for j, value in enumerate(row):
-                    rows.append(
-                        {
-                            "strategy": title,
-                            "split": split,
-                            "after": names[i],
-                            "experience": names[j],
-                            "value": value,
-                        }
-                    )
-            for j, value in enumerate(result["initial"][split]):
-                rows.append(
-                    {
-                        "strategy": title,
-                        "split": split,
-                        "after": "start",
-                        "experience": names[j],
-                        "value": value,
-                    }
-                )
-    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
-
-    summary_rows = []
-    for title, _, result in results:
-        row = {"strategy": title, **summaries[title]}
-        for key, (low, high) in intervals.get(title, {}).items():
-            row[f"{key}_low"], row[f"{key}_high"] = low, high
-        row.update(
-            train_seconds=sum(result["train_seconds"]),
-            wall_seconds=result["wall_seconds"],
-            memory_mb=max(result["memory_bytes"]) / 1e6,
-            peak_rss_mb=result["peak_rss_mb"],
-            steps=sum(result["steps"]),
-        )
-        summary_rows.append(row)
-    summary = pd.DataFrame(summary_rows)
-    summary.to_csv(folder / "summary.csv", index=False)
+    pd.DataFrame(result_rows(results, names)).to_csv(folder / "results.csv", index=False)
+    pd.DataFrame(summary_rows(results, summaries, intervals)).to_csv(folder / "summary.csv", index=False)
     comparisons = compare(summaries, resampled)
     pd.DataFrame(comparisons).to_csv(folder / "comparisons.csv", index=False)
 
@@ -124,6 +85,38 @@ def write_report(
         "acc": {t: s["acc"] for t, s in summaries.items()},
         "forgetting": {t: s["forgetting"] for t, s in summaries.items()},
     }
+
+
+def result_rows(results: list[tuple[str, Path, dict[str, Any]]], names: list[str]) -> list[dict[str, Any]]:
+    """Every R[i, j] and starting score, on validation and test, one row each."""
+    rows = []
+    for title, _, result in results:
+        for split, matrix in result["R"].items():
+            steps = [("start", result["initial"][split]), *zip(names, matrix)]
+            for after, values in steps:
+                rows += [
+                    {"strategy": title, "split": split, "after": after, "experience": name, "value": value}
+                    for name, value in zip(names, values)
+                ]
+    return rows
+
+
+def summary_rows(results, summaries, intervals) -> list[dict[str, Any]]:
+    """Each strategy's summaries with their intervals, and its cost."""
+    rows = []
+    for title, _, result in results:
+        row = {"strategy": title, **summaries[title]}
+        for key, (low, high) in intervals.get(title, {}).items():
+            row[f"{key}_low"], row[f"{key}_high"] = low, high
+        row.update(
+            train_seconds=sum(result["train_seconds"]),
+            wall_seconds=result["wall_seconds"],
+            memory_mb=max(result["memory_bytes"]) / 1e6,
+            peak_rss_mb=result["peak_rss_mb"],
+            steps=sum(result["steps"]),
+        )
+        rows.append(row)
+    return rows
 
 
 def compare(summaries: dict[str, dict[str, float]], resampled: dict[str, tuple]) -> list[dict[str, Any]]:
