@@ -81,3 +81,26 @@ def test_a_bad_stream_fails_with_one_line(data_root, tmp_path):
     result = runner.invoke(app, ["continual", "--config", str(config)])
     assert result.exit_code == 2
     assert "a domain-incremental stream shares one head" in " ".join(result.output.split())
+
+
+def test_a_failing_strategy_is_reported_and_the_others_kept(data_root, tmp_path, monkeypatch):
+    from medfm.config import load_config
+    from medfm.continual import job
+    from medfm.continual.config import ContinualConfig
+    from medfm.errors import MedfmError
+
+    real = job.learn
+
+    def joint_breaks(config_path, index, *args):
+        if index == 1:
+            raise RuntimeError("out of memory on the joint step")
+        return real(config_path, index, *args)
+
+    monkeypatch.setattr(job, "learn", joint_breaks)
+    config = load_config(ContinualConfig, write_config(tmp_path))
+    with pytest.raises(MedfmError, match=r"1 strategy failed \(joint\)"):
+        job.run_continual(config)
+    run = tmp_path / "run"
+    assert "out of memory on the joint step" in (run / "failures.json").read_text()
+    assert list(pd.read_csv(run / "summary.csv")["strategy"]) == ["naive", "replay"]
+    assert "## Failed strategies" in (run / "continual.md").read_text()

@@ -116,11 +116,14 @@ def run_continual(config: ContinualConfig) -> Path:
                 continue
             results[index] = result
             run.log(event="strategy", strategy=title, wall_seconds=result["wall_seconds"])
+    if failures:
+        (folder / "failures.json").write_text(json.dumps(failures, indent=1))
+    if not results:
+        raise MedfmError(f"every strategy failed; tracebacks in {folder / 'failures.json'}")
     ordered = [(config.strategies[i].title, outputs[i], results[i]) for i in sorted(results)]
     summary = write_report(folder, config, stream, ordered, failures)
     run.finish(**summary)
     if failures:
-        (folder / "failures.json").write_text(json.dumps(failures, indent=1))
         raise MedfmError(
             f"{len(failures)} strateg{'y' if len(failures) == 1 else 'ies'} failed ({', '.join(failures)}); "
             f"tracebacks in {folder / 'failures.json'}, the report covers the rest"
