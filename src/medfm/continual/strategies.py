@@ -255,7 +255,7 @@ def diagonal_fisher(
     device = next(model.parameters()).device
     rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:examples]
     sums = {name: torch.zeros_like(p) for name, p in model.named_parameters() if p.requires_grad}
-    batches = 0
+    batches, training = 0, model.training
     model.eval()  # no dropout noise in the estimate
     for start in range(0, len(rows), batch_size):
         index = rows[start : start + batch_size]
@@ -272,7 +272,7 @@ def diagonal_fisher(
                 sums[name] += p.grad.detach() ** 2
         batches += 1
     model.zero_grad(set_to_none=True)
-    model.train()
+    model.train(training)
     return {name: s / max(batches, 1) for name, s in sums.items() if s.any()}
 
 
