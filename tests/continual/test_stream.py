@@ -138,3 +138,11 @@ def test_a_class_incremental_stream_grows_one_head_and_keeps_subject_splits(data
     tested = {s for e in stream.experiences for s in e.splits["test"].subjects}
     assert not trained & tested  # no test subject is trained on in any experience
     assert stream.signatures() == {"signal_1x1500": ("signal", (1, 1500))}
+
+
+def test_an_unknown_task_is_named_before_any_data_is_read(tmp_path):
+    stream = config("task", ExperienceConfig(task="pneumoniamnist"), ExperienceConfig(task="pneumonia_mnist"))
+    with pytest.raises(
+        ConfigError, match=r"experience pneumonia_mnist: unknown task .pneumonia_mnist.; did you mean pneumoniamnist"
+    ):
+        build_stream(stream)

@@ -100,6 +100,11 @@ def build_stream(config: ContinualConfig) -> Stream:
     trunk = resolve_encoder(config.encoder)
     if trunk.spatial_dims != 2:
         raise ConfigError(f"the shared trunk must be a 2D ViT; {trunk.label} is a volume encoder")
+    for spec in config.experiences:  # every task name checked before any data is read
+        try:
+            TASKS.get(spec.task)
+        except KeyError as err:
+            raise ConfigError(f"experience {spec.label}: {err.args[0]}") from None
     loaded: dict[tuple[str, str, int], TaskData] = {}
     experiences: list[Experience] = []
     heads: dict[str, Head] = {}
@@ -123,7 +128,7 @@ def build_stream(config: ContinualConfig) -> Stream:
             for split in SPLITS
         }
         experience = Experience(index, spec.label, spec.task, kind, head, classes, splits)
-        check_experience(config.scenario, experience, experiences, heads)
+        check_experience(config.scenario, experience, experiences)
         experiences.append(experience)
         log.info(
             "experience %d %s: %s, %s examples (train/val/test), head %s",
@@ -218,9 +223,7 @@ def tensor_split(
     )
 
 
-def check_experience(
-    scenario: str, experience: Experience, earlier: list[Experience], heads: dict[str, Head]
-) -> None:
+def check_experience(scenario: str, experience: Experience, earlier: list[Experience]) -> None:
     """Refuse an experience that cannot follow the earlier ones on the same head."""
     if not earlier or scenario == "task":
         return
