@@ -142,7 +142,6 @@ def test_a_class_incremental_stream_grows_one_head_and_keeps_subject_splits(data
 
 def test_an_unknown_task_is_named_before_any_data_is_read(tmp_path):
     stream = config("task", ExperienceConfig(task="pneumoniamnist"), ExperienceConfig(task="pneumonia_mnist"))
-    with pytest.raises(
-        ConfigError, match=r"experience pneumonia_mnist: unknown task .pneumonia_mnist.; did you mean pneumoniamnist"
-    ):
+    message = r"experience pneumonia_mnist: unknown task .pneumonia_mnist.; did you mean pneumoniamnist"
+    with pytest.raises(ConfigError, match=message):
         build_stream(stream)
