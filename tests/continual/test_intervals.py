@@ -2,7 +2,12 @@ import math
 
 import numpy as np
 
-from medfm.continual.intervals import paired_difference, resampled_matrices, summary_intervals
+from medfm.continual.intervals import (
+    paired_difference,
+    resampled_matrices,
+    resampled_summaries,
+    summary_intervals,
+)
 from medfm.continual.report import compare
 
 from .streams import task_stream
@@ -29,11 +34,11 @@ def test_resamples_rescore_every_entry_and_are_shared_by_strategies():
     again = resampled_matrices(predictions_for(stream, 0.9, 0), stream, "auroc", 50, seed=0)
     assert good[0].shape == (50, 3, 3) and good[1].shape == (50, 3)
     np.testing.assert_array_equal(good[0], again[0])  # same seed, same resamples
-    intervals = summary_intervals(*good)
+    intervals = summary_intervals(resampled_summaries(*good))
     low, high = intervals["acc"]
     assert 0.8 < low < high <= 1.0
     poor = resampled_matrices(predictions_for(stream, 0.2, 1), stream, "auroc", 50, seed=0)
-    low, high = paired_difference(good, poor, "acc")
+    low, high = paired_difference(resampled_summaries(*good), resampled_summaries(*poor), "acc")
     assert 0 < low < high  # the better strategy wins on every resample pairing
 
 

@@ -16,7 +16,7 @@ import math
 import operator
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -294,7 +294,25 @@ class ReplayBuffer:
     # -- for subclasses ------------------------------------------------------------------------------
 
     def _offer(self, store: _Store, batch: dict[str, Tensor], groups: list[int]) -> None:
-        """Keep, replace or skip each example of ``batch`` (one experience, whose rows go to ``store``)."""
+        """Keep, replace or skip each example of ``batch`` (one experience, whose rows go to ``store``):
+        appended while there is room, then each one left to the subclass's rule for a full buffer."""
+        n = len(groups)
+        when_full = self._rule_when_full(n)
+        if self._too_large(store.row_bytes):
+            self.skipped_too_large += n
+            return
+        index = 0
+        while index < n:
+            room = min(self._room(store.row_bytes), n - index)
+            if room > 0:
+                self._append(store, batch, groups, index, index + room)
+                index += room
+                continue
+            when_full(store, batch, groups, index)
+            index += 1
+
+    def _rule_when_full(self, offered: int) -> Callable[[_Store, dict[str, Tensor], list[int], int], None]:
+        """What to do with example ``index`` of this offer of ``offered`` examples when the buffer is full."""
         raise NotImplementedError
 
     def _room(self, row_bytes: int) -> int:
@@ -423,24 +441,16 @@ class ReservoirBuffer(ReplayBuffer):
     With a byte budget and examples of different sizes, a kept newcomer evicts random examples until it fits.
     """
 
-    def _offer(self, store: _Store, batch: dict[str, Tensor], groups: list[int]) -> None:
-        n = len(groups)
+    def _rule_when_full(self, offered: int):
         # One draw per offered example whatever happens, so decisions depend only on the offers.
-        draws = torch.rand(n, dtype=torch.float64, generator=self._generator).tolist()
-        if self._too_large(store.row_bytes):
-            self.skipped_too_large += n
-            return
-        index = 0
-        while index < n:
-            room = min(self._room(store.row_bytes), n - index)
-            if room > 0:
-                self._append(store, batch, groups, index, index + room)
-                index += room
-                continue
+        draws = torch.rand(offered, dtype=torch.float64, generator=self._generator).tolist()
+
+        def keep_with_reservoir_odds(store, batch, groups, index):
             slot = int(draws[index] * (self.seen + index + 1))
             if slot < len(self):
                 self._replace(slot, store, batch, groups, index)
-            index += 1
+
+        return keep_with_reservoir_odds
 
     def _replace(
         self, slot: int, store: _Store, batch: dict[str, Tensor], groups: list[int], index: int
@@ -463,21 +473,12 @@ class ClassBalancedBuffer(ReplayBuffer):
     largest is not kept. Preferring the newcomer's group on ties keeps counts within one of each other.
     """
 
-    def _offer(self, store: _Store, batch: dict[str, Tensor], groups: list[int]) -> None:
-        n = len(groups)
-        if self._too_large(store.row_bytes):
-            self.skipped_too_large += n
-            return
-        index = 0
-        while index < n:
-            room = min(self._room(store.row_bytes), n - index)
-            if room > 0:
-                self._append(store, batch, groups, index, index + room)
-                index += room
-                continue
+    def _rule_when_full(self, offered: int):
+        def keep_unless_its_group_is_largest(store, batch, groups, index):
             if not self._strictly_largest(groups[index]):
                 self._make_room_for(store, batch, groups, index)
-            index += 1
+
+        return keep_unless_its_group_is_largest
 
     def _make_room_for(self, store: _Store, batch: dict[str, Tensor], groups: list[int], index: int) -> None:
         first = True

@@ -49,20 +49,21 @@ def resampled_matrices(
     return matrices, initial
 
 
-def summary_intervals(
-    matrices: np.ndarray, initial: np.ndarray, level: float = 0.95
-) -> dict[str, tuple[float, float]]:
-    """Percentile interval of each summary over the resampled matrices."""
+def resampled_summaries(matrices: np.ndarray, initial: np.ndarray) -> dict[str, np.ndarray]:
+    """Each summary (:func:`medfm.continual.metrics.summarise`) of every resampled matrix, by summary."""
     samples = [summarise(m, i) for m, i in zip(matrices, initial)]
-    return {key: percentile_interval(np.array([s[key] for s in samples]), level) for key in samples[0]}
+    return {key: np.array([s[key] for s in samples]) for key in samples[0]}
+
+
+def summary_intervals(
+    summaries: dict[str, np.ndarray], level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile interval of each summary over the resamples."""
+    return {key: percentile_interval(values, level) for key, values in summaries.items()}
 
 
 def paired_difference(
-    a: tuple[np.ndarray, np.ndarray],
-    b: tuple[np.ndarray, np.ndarray],
-    key: str,
-    level: float = 0.95,
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], key: str, level: float = 0.95
 ) -> tuple[float, float]:
     """Interval of summary ``key`` of strategy a minus that of b, over the same resamples."""
-    diffs = np.array([summarise(ma, ia)[key] - summarise(mb, ib)[key] for ma, ia, mb, ib in zip(*a, *b)])
-    return percentile_interval(diffs, level)
+    return percentile_interval(a[key] - b[key], level)

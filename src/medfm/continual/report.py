@@ -17,7 +17,12 @@ import pandas as pd
 from medfm.config import config_to_dict
 from medfm.continual.config import ContinualConfig, slug
 from medfm.continual.figures import plot_experience_curves, plot_result_matrix, plot_strategy_summary
-from medfm.continual.intervals import paired_difference, resampled_matrices, summary_intervals
+from medfm.continual.intervals import (
+    paired_difference,
+    resampled_matrices,
+    resampled_summaries,
+    summary_intervals,
+)
 from medfm.continual.metrics import summarise
 from medfm.continual.stream import Stream
 
@@ -61,8 +66,11 @@ def write_report(
     if config.bootstrap:
         for title, output, _ in results:
             predictions = dict(np.load(output / "predictions.npz"))
-            resampled[title] = resampled_matrices(predictions, stream, metric, config.bootstrap, config.seed)
-    intervals = {title: summary_intervals(*resampled[title]) for title in resampled}
+            matrices_and_initial = resampled_matrices(
+                predictions, stream, metric, config.bootstrap, config.seed
+            )
+            resampled[title] = resampled_summaries(*matrices_and_initial)
+    intervals = {title: summary_intervals(resampled[title]) for title in resampled}
 
     pd.DataFrame(result_rows(results, names)).to_csv(folder / "results.csv", index=False)
     pd.DataFrame(summary_rows(results, summaries, intervals)).to_csv(folder / "summary.csv", index=False)
@@ -119,7 +127,9 @@ def summary_rows(results, summaries, intervals) -> list[dict[str, Any]]:
     return rows
 
 
-def compare(summaries: dict[str, dict[str, float]], resampled: dict[str, tuple]) -> list[dict[str, Any]]:
+def compare(
+    summaries: dict[str, dict[str, float]], resampled: dict[str, dict[str, np.ndarray]]
+) -> list[dict[str, Any]]:
     """Each strategy against naive fine-tuning (forgetting difference, with the share of naive's forgetting
     removed when naive forgot) and joint training (ACC difference); intervals are paired over the same
     resamples (a ratio's interval is not given: it explodes where naive's resampled forgetting nears 0)."""

@@ -14,7 +14,7 @@ decides whether a stream makes sense runs here, before any training:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,7 @@ def relabel(data: TaskData, spec: ExperienceConfig) -> tuple[TaskData, tuple[str
         )
     names = tuple(spec.rename.get(c, c) for c in data.classes)
     if not spec.classes:
-        return TaskData(**{**data.__dict__, "classes": names}), names
+        return replace(data, classes=names), names
     missing = sorted(set(spec.classes) - set(names))
     if missing:
         raise ConfigError(
@@ -170,7 +170,7 @@ def relabel(data: TaskData, spec: ExperienceConfig) -> tuple[TaskData, tuple[str
         )
     keep = np.isin(np.asarray(names, dtype=object)[data.y], spec.classes)
     part = data.select(keep)
-    return TaskData(**{**part.__dict__, "classes": names}), tuple(c for c in names if c in spec.classes)
+    return replace(part, classes=names), tuple(c for c in names if c in spec.classes)
 
 
 def head_of(
