@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,35 @@ def read_csv_table(
     if table.empty and not allow_empty:
         raise DataError(f"{what} {path} has a header but no rows")
     return table
+
+
+def check_contained(root: Path, paths: Iterable[tuple[str, str]]) -> None:
+    """Refuse index entries that reach outside ``root``: each ``(where, path)`` pair names an entry (e.g.
+    ``"labels.csv row 7"``) and the path it gives relative to ``root``.
+
+    Raises :class:`DataError` for the first absolute path, or path that resolves outside ``root`` through
+    ``..`` or a symbolic link, so an index file cannot make an adapter read (and log) files elsewhere.
+    """
+    folder = root.resolve()
+    for where, path in paths:
+        if PurePath(path).is_absolute():
+            raise DataError(f"{where}: path {path!r} is absolute; index paths are relative to {root}")
+        if not (folder / path).resolve().is_relative_to(folder):
+            raise DataError(f"{where}: path {path!r} leaves the folder {root}")
+
+
+def check_index_paths(root: Path, table: pd.DataFrame, column: str, index_name: str) -> None:
+    """:func:`check_contained` over the non-empty cells of ``column``, each named ``"<index_name> row N"``
+    with N counted as a spreadsheet shows it (the header is row 1), so the row is easy to find."""
+    cells = table[column]
+    check_contained(
+        root,
+        (
+            (f"{index_name} row {position + 2}", str(path))
+            for position, path in enumerate(cells)
+            if json_value(path) not in (None, "")
+        ),
+    )
 
 
 def json_value(value: Any) -> Any:

@@ -83,3 +83,14 @@ def test_unusable_reference_file(small_set, content, message):
         reference.write_text(content)
     with pytest.raises(DataError, match=message):
         CinC2017ECG(small_set)
+
+
+def test_record_outside_the_records_folder_is_a_data_error(small_set):
+    write_record(small_set, "B0009")  # beside records/, not in it
+    (small_set / "REFERENCE.csv").write_text("B0001,N\n../B0009,A\n")
+    with pytest.raises(DataError, match=r"^REFERENCE\.csv line 2: path '\.\./B0009\.hea' leaves the folder"):
+        CinC2017ECG(small_set)
+    (small_set / "records" / "B0005.hea").symlink_to(small_set / "B0009.hea")
+    (small_set / "REFERENCE.csv").write_text("B0005,N\n")
+    with pytest.raises(DataError, match=r"line 1: path 'B0005\.hea' leaves the folder"):
+        CinC2017ECG(small_set)

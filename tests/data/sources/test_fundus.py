@@ -92,3 +92,13 @@ def test_missing_names_or_images_is_a_data_error(tmp_path):
     (tmp_path / "retinal.names").write_text("optic_disc\n")
     with pytest.raises(DataError, match=r"no \.jpg images"):
         IdridFundusSource(tmp_path)
+
+
+def test_symlink_leaving_the_folder_is_a_data_error(tmp_path):
+    root = tmp_path / "idrid"
+    root.mkdir()
+    make_layout(root, {})
+    (tmp_path / "notes.txt").write_text("not a label file\n")
+    (root / "yolo_labels" / "0002.txt").symlink_to(tmp_path / "notes.txt")
+    with pytest.raises(DataError, match=r"path 'yolo_labels/0002\.txt' leaves the folder"):
+        IdridFundusSource(root)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -166,3 +167,36 @@ def test_subject_pattern_needs_a_group(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label\na.jpg,1\n")
     with pytest.raises(ConfigError, match="group"):
         ImageFolderSource(tmp_path, subject_pattern=r"p\d+")
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"), [("../outside.jpg", "leaves the folder"), ("/etc/passwd", "is absolute")]
+)
+def test_labels_csv_path_outside_the_folder_is_a_data_error(tmp_path, path, problem):
+    folder = tmp_path / "images"
+    write_jpeg(folder / "a.jpg")
+    write_jpeg(tmp_path / "outside.jpg")
+    (folder / "labels.csv").write_text(f"path,label\na.jpg,1\n{path},0\n")
+    with pytest.raises(DataError, match=re.escape(f"labels.csv row 3: path '{path}' {problem}")):
+        ImageFolderSource(folder)
+
+
+def test_labels_csv_symlink_leaving_the_folder_is_a_data_error(tmp_path):
+    folder = tmp_path / "images"
+    write_jpeg(tmp_path / "outside.jpg")
+    folder.mkdir()
+    (folder / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    (folder / "labels.csv").write_text("path,label\nlink.jpg,1\n")
+    with pytest.raises(DataError, match=r"labels\.csv row 2: path 'link\.jpg' leaves the folder"):
+        ImageFolderSource(folder)
+
+
+def test_image_folder_task_refuses_paths_outside_the_folder(tmp_path):
+    from medfm.evaluate.tasks.images import ImageFolderTask
+
+    write_jpeg(tmp_path / "outside.jpg")
+    folder = tmp_path / "images"
+    write_jpeg(folder / "a.jpg")
+    (folder / "labels.csv").write_text("file,label\na.jpg,1\n../outside.jpg,0\n")
+    with pytest.raises(DataError, match=r"labels\.csv row 3: path '\.\./outside\.jpg' leaves the folder"):
+        list(ImageFolderTask(folder, path_column="file").examples())

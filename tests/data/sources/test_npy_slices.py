@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -79,3 +80,16 @@ def test_empty_folder_and_bad_options(tmp_path):
     np.save(tmp_path / "a.npy", np.ones((2, 2)))
     with pytest.raises(ConfigError, match="unknown_window"):
         NpySlicesSource(tmp_path, index_file="none.csv", intensity="unknown_window")
+
+
+def test_index_path_outside_the_folder_is_a_data_error(tmp_path):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.ones((4, 4)))
+    np.save(tmp_path / "outside.npy", np.ones((4, 4)))
+    (folder / "link.npy").symlink_to(tmp_path / "outside.npy")
+    for name in ("../outside.npy", str(tmp_path / "outside.npy"), "link.npy"):
+        (folder / "files.csv").write_text(f"file\na.npy\n{name}\n")
+        problem = "leaves the folder|is absolute"
+        with pytest.raises(DataError, match=rf"^files\.csv row 3: path '{re.escape(name)}' ({problem})"):
+            NpySlicesSource(folder)

@@ -136,3 +136,15 @@ def test_unknown_unit_is_a_config_error(tmp_path):
     make_vqa(tmp_path, [qa(1, "a.jpg", "q", "a")], [qa(2, "a.jpg", "q", "a")])
     with pytest.raises(ConfigError, match="unit"):
         VqaRadSource(tmp_path, unit="question")
+
+
+@pytest.mark.parametrize("image_name", ["../trainset.json", "../../outside.jpg", "/etc/passwd", "link.jpg"])
+def test_image_name_outside_the_images_folder_is_a_data_error(tmp_path, image_name):
+    root = tmp_path / "vqa"
+    root.mkdir()
+    make_vqa(root, [qa(1, "a.jpg", "q", "a")], [qa(2, "a.jpg", "q", "a"), qa(3, image_name, "q", "a")])
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "outside.jpg")
+    (root / "images" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    problem = "leaves the folder|is absolute"
+    with pytest.raises(DataError, match=rf"^testset\.json\[1\] image_name: path .* ({problem})"):
+        VqaRadSource(root)

@@ -9,6 +9,7 @@ from typing import Any
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.wfdb_record import WFDB_ERRORS, read_signal, signal_meta
+from medfm.data.tables import check_contained
 from medfm.errors import DataError
 
 RHYTHM_NAMES = {
@@ -31,7 +32,8 @@ class CinC2017ECG(SourceAdapter):
     Options: ``reference`` (label file, ``record,label`` without header; default ``REFERENCE.csv``) and
     ``records_dir`` (folder of ``.hea``/``.mat`` files relative to the root; default ``records``, use
     ``"."`` for the challenge's own layout). A listed record without its files is skipped as
-    ``missing_file``, one wfdb cannot read as ``unreadable_record``.
+    ``missing_file``, one wfdb cannot read as ``unreadable_record``; one whose files would lie outside the
+    records folder (an absolute name, ``..``, a symbolic link) is a :class:`DataError`.
     """
 
     info = SourceInfo(
@@ -58,7 +60,7 @@ class CinC2017ECG(SourceAdapter):
         super().__init__(root, source=source, license=license)
         self.reference = self.root / reference
         self.records_dir = records_dir
-        self.labels = _read_reference(self.reference)
+        self.labels = _read_reference(self.reference, self.root / records_dir)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for name, rhythm in self.labels:
@@ -84,18 +86,22 @@ class CinC2017ECG(SourceAdapter):
             }
 
 
-def _read_reference(path: Path) -> list[tuple[str, str]]:
-    """``(record, label)`` pairs of the label file; any malformed line makes the whole file unusable."""
+def _read_reference(path: Path, records: Path) -> list[tuple[str, str]]:
+    """``(record, label)`` pairs of the label file; any malformed line, or a record whose files would lie
+    outside the ``records`` folder, makes the whole file unusable."""
     if not path.is_file():
         raise DataError(f"cinc2017_ecg: label file {path} does not exist")
-    pairs = []
+    pairs, files = [], []
     with path.open(newline="") as handle:
         for line_no, row in enumerate(csv.reader(handle), start=1):
             if not row:
                 continue
             if len(row) != 2 or row[1].strip() not in RHYTHM_NAMES:
                 raise DataError(f"cinc2017_ecg: {path} line {line_no} is not 'record,N|A|O|~': {row}")
-            pairs.append((row[0].strip(), row[1].strip()))
+            record = row[0].strip()
+            pairs.append((record, row[1].strip()))
+            files += [(f"{path.name} line {line_no}", record + suffix) for suffix in (".hea", ".mat")]
     if not pairs:
         raise DataError(f"cinc2017_ecg: label file {path} is empty")
+    check_contained(records, files)
     return pairs

@@ -10,6 +10,7 @@ import numpy as np
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.image_folder import read_image
+from medfm.data.tables import check_contained
 from medfm.errors import DataError
 
 
@@ -55,7 +56,8 @@ class IdridFundusSource(SourceAdapter):
         grayscale: passed to :func:`medfm.data.io.load_image`; colour is kept by default.
 
     Skips: ``bad_annotation`` (a label line that is malformed or out of range: the whole image is skipped,
-    because keeping the rest of its boxes would give wrong presence labels), ``unreadable_image``.
+    because keeping the rest of its boxes would give wrong presence labels), ``unreadable_image``. An image
+    or label file that is a symbolic link leading outside ``root`` is a :class:`DataError`.
     """
 
     info: ClassVar[SourceInfo] = SourceInfo(
@@ -87,6 +89,11 @@ class IdridFundusSource(SourceAdapter):
         self.images = sorted((self.root / "images").glob("*.jpg"))
         if not self.images:
             raise DataError(f"{self.root / 'images'} holds no .jpg images")
+        check_contained(self.root, ((self.name, rel) for image in self.images for rel in self._files(image)))
+
+    def _files(self, image: Path) -> tuple[str, str]:
+        """The image's path and its label file's, relative to the root."""
+        return image.relative_to(self.root).as_posix(), f"yolo_labels/{image.stem}.txt"
 
     @staticmethod
     def _read_names(path: Path) -> list[str]:
@@ -99,13 +106,13 @@ class IdridFundusSource(SourceAdapter):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for image_path in self.images:
-            rel_path = image_path.relative_to(self.root).as_posix()
-            label_path = self.root / "yolo_labels" / f"{image_path.stem}.txt"
+            rel_path, label_rel = self._files(image_path)
+            label_path = self.root / label_rel
             try:
                 text = label_path.read_text() if label_path.is_file() else ""
                 boxes = parse_yolo(text, len(self.class_names))
             except (AnnotationError, UnicodeDecodeError) as err:
-                self.skips.add(label_path.relative_to(self.root).as_posix(), "bad_annotation", str(err))
+                self.skips.add(label_rel, "bad_annotation", str(err))
                 continue
             image = read_image(
                 self.root, rel_path, self.skips, max_size=self.max_size, grayscale=self.grayscale

@@ -16,7 +16,7 @@ import pandas as pd
 
 from medfm.data.io import IMAGE_ERRORS, load_image
 from medfm.data.sources.base import SkipLog, SourceAdapter, SourceInfo, register_source
-from medfm.data.tables import json_value, read_csv_table
+from medfm.data.tables import check_index_paths, json_value, read_csv_table
 from medfm.errors import ConfigError
 
 
@@ -64,7 +64,8 @@ class ImageFolderSource(SourceAdapter):
 
     Skips: ``missing_file`` (the row's image does not exist or the row has no path), ``unreadable_image``
     (truncated or not an image), ``missing_subject`` (empty subject cell, or a file name the subject pattern
-    does not match).
+    does not match). A path that is absolute or leads outside ``root`` (``..``, a symbolic link) is a
+    :class:`DataError` naming its row.
     """
 
     info: ClassVar[SourceInfo] = SourceInfo(
@@ -106,6 +107,7 @@ class ImageFolderSource(SourceAdapter):
             required=[*id_columns, *(label_columns or [])],
             text_columns=[*id_columns, split_column],
         )
+        check_index_paths(self.root, self.table, path_column, labels_file)
         self.split_column = split_column if split_column in self.table.columns else None
         not_labels = {path_column, split_column, subject_column}
         self.label_columns = (

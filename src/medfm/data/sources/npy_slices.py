@@ -12,6 +12,7 @@ import numpy as np
 from medfm.data.intensity import ct_window, ct_window_option, percentile_scale, require_finite
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.image_folder import read_index_csv
+from medfm.data.tables import check_index_paths
 from medfm.errors import DataError
 
 # The MSD slice layout: ``ct_abdomen_0.npy``, ``mri_brain_tumour_3.npy``; the word after the modality
@@ -39,7 +40,8 @@ class NpySlicesSource(SourceAdapter):
             because slice collections often store CT as shifted, unsigned values rather than HU.
 
     Skips: ``missing_file``, ``unreadable_array``, ``bad_shape`` (not 2D), ``bad_dtype`` (not real
-    numbers), ``non_finite_image`` (NaN or infinite values).
+    numbers), ``non_finite_image`` (NaN or infinite values). An index path that is absolute or leads
+    outside ``root`` (``..``, a symbolic link) is a :class:`DataError` naming its row.
     """
 
     info: ClassVar[SourceInfo] = SourceInfo(
@@ -76,6 +78,7 @@ class NpySlicesSource(SourceAdapter):
     def _list_files(self, index: Path, file_column: str) -> list[str]:
         if index.is_file():
             table = read_index_csv(index, required=[file_column], text_columns=[file_column])
+            check_index_paths(self.root, table, file_column, index.name)
             return [str(name) for name in table[file_column].dropna()]
         files = sorted(path.name for path in self.root.glob("*.npy"))
         if not files:

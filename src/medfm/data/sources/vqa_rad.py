@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.image_folder import read_image
+from medfm.data.tables import check_contained
 from medfm.errors import ConfigError, DataError
 
 SPLIT_FILES = {"train": "trainset.json", "test": "testset.json"}
@@ -73,7 +74,8 @@ class VqaRadSource(SourceAdapter):
         max_size, grayscale: passed to :func:`medfm.data.io.load_image`.
 
     Skips: ``missing_file``, ``unreadable_image`` (one record per image file; in ``qa`` mode its
-    questions go with it), ``bad_record`` (a question entry lacking a required field).
+    questions go with it), ``bad_record`` (a question entry lacking a required field). An ``image_name``
+    that is absolute or leads outside ``images/`` (``..``, a symbolic link) is a :class:`DataError`.
     """
 
     info: ClassVar[SourceInfo] = SourceInfo(
@@ -104,13 +106,24 @@ class VqaRadSource(SourceAdapter):
         self.unit = unit
         self.max_size = max_size
         self.grayscale = grayscale
-        self.questions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.questions = self._questions_by_image()
+
+    def _questions_by_image(self) -> dict[str, list[dict[str, Any]]]:
+        """Every usable question of both split files, grouped by image name, each image checked to lie
+        in ``images/``."""
+        questions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        first_use = []
         for split, file_name in SPLIT_FILES.items():
             for number, record in enumerate(self._read_split(self.root / file_name)):
                 if not isinstance(record, dict) or any(record.get(key) is None for key in REQUIRED_FIELDS):
                     self.skips.add(f"{file_name}[{number}]", "bad_record", f"lacks one of {REQUIRED_FIELDS}")
                     continue
-                self.questions[str(record["image_name"])].append({**record, "official_split": split})
+                image_name = str(record["image_name"])
+                if image_name not in questions:  # many questions share an image: check it once
+                    first_use.append((f"{file_name}[{number}] image_name", image_name))
+                questions[image_name].append({**record, "official_split": split})
+        check_contained(self.root / "images", first_use)
+        return questions
 
     @staticmethod
     def _read_split(path: Path) -> list[Any]:
