@@ -108,3 +108,30 @@ def test_finetune_learns_a_brightness_task():
     assert (prob.argmax(1) == y[80:]).mean() >= 0.9
     assert len(inputs["image"]) == 96  # the caller's inputs are not modified
     assert not any(p.grad is not None for p in backbone.parameters())  # the given backbone is not trained
+
+
+def test_protocols_leave_the_callers_random_generator_alone():
+    x, y = separable(120)
+    images = [np.full((1, 32, 32), 100 * (c % 2), np.uint8) for c in y[:24]]
+    backbone = ImageBackbone(create_encoder("test_vit"), 32)
+
+    def next_draw_after(work) -> torch.Tensor:
+        torch.manual_seed(1234)
+        work()
+        return torch.rand(4)
+
+    untouched = next_draw_after(lambda: None)
+    probe = next_draw_after(lambda: linear_probe((x, y), (x[:0], y[:0]), x, 3, False, LinearProbeConfig()))
+    tuned = next_draw_after(
+        lambda: finetune(
+            backbone,
+            ({"image": images}, y[:24] % 2),
+            ({"image": []}, y[:0]),
+            {"image": images[:4]},
+            2,
+            False,
+            FinetuneConfig(epochs=1, batch_size=8),
+            seed=7,
+        )
+    )
+    assert torch.equal(probe, untouched) and torch.equal(tuned, untouched)

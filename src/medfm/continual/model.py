@@ -24,6 +24,7 @@ from torch import nn
 
 from medfm.continual.stream import Experience, Stream, tokenizer_name
 from medfm.models.encoders import create_encoder
+from medfm.seeding import seeded
 
 
 class SignalTokens(nn.Module):
@@ -103,23 +104,23 @@ def task_loss(
 
 def build_model(stream: Stream, config_signal_patch: int, seed: int) -> ContinualModel:
     """The trunk (the bundle's weights, or random for a registered name), tokenizers and heads, seeded."""
-    torch.manual_seed(seed)
-    source = stream.trunk
-    weights = source.path if source.path is not None else source.name
-    trunk = create_encoder(weights, in_chans=source.in_chans)
-    dim = int(trunk.embed_dim)
-    tokenizers: dict[str, nn.Module] = {}
-    for name, (kind, shape) in stream.signatures().items():
-        if kind == "signal":
-            leads, length = shape
-            tokenizers[name] = SignalTokens(leads, length, config_signal_patch, dim)
-        else:
-            hours, features = shape
-            tokenizers[name] = SeriesTokens(hours, features, dim)
-    heads = {name: nn.Linear(dim, len(head.classes)) for name, head in stream.heads.items()}
-    model = ContinualModel(trunk, tokenizers, heads)
-    model.multilabel = {name: head.multilabel for name, head in stream.heads.items()}
-    return model
+    with seeded(seed):
+        source = stream.trunk
+        weights = source.path if source.path is not None else source.name
+        trunk = create_encoder(weights, in_chans=source.in_chans)
+        dim = int(trunk.embed_dim)
+        tokenizers: dict[str, nn.Module] = {}
+        for name, (kind, shape) in stream.signatures().items():
+            if kind == "signal":
+                leads, length = shape
+                tokenizers[name] = SignalTokens(leads, length, config_signal_patch, dim)
+            else:
+                hours, features = shape
+                tokenizers[name] = SeriesTokens(hours, features, dim)
+        heads = {name: nn.Linear(dim, len(head.classes)) for name, head in stream.heads.items()}
+        model = ContinualModel(trunk, tokenizers, heads)
+        model.multilabel = {name: head.multilabel for name, head in stream.heads.items()}
+        return model
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ from medfm.executors import make_executor
 from medfm.log import get_logger
 from medfm.measure import count_parameters, flops_per_example
 from medfm.runs import Run
+from medfm.seeding import seeded
 
 log = get_logger("evaluate")
 
@@ -162,8 +163,8 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         name = data.info.encoder
 
         def make() -> Backbone:
-            torch.manual_seed(config.seed)
-            return timeseries_backbone(name, data)
+            with seeded(config.seed):
+                return timeseries_backbone(name, data)
 
         frozen = tuple(p for p in wanted if p in FROZEN)
         if "random_init" in config.baselines and frozen:
@@ -180,10 +181,10 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
     def encoder(pretrained: bool) -> Callable[[], Backbone]:
         def make() -> Backbone:
             # the same random weights for every task (features are cached)
-            torch.manual_seed(config.seed if pretrained else random_seed)
-            return build_backbone(
-                source, data, pretrained=pretrained, image_size=size, intensity=config.intensity
-            )
+            with seeded(config.seed if pretrained else random_seed):
+                return build_backbone(
+                    source, data, pretrained=pretrained, image_size=size, intensity=config.intensity
+                )
 
         return make
 
@@ -494,12 +495,12 @@ def run_eval(config: EvalConfig, memo: EvalMemo | None = None) -> dict[str, Path
     config.check()
     out = Path(config.output)
     run = Run.create(out, config, seeds={"seed": config.seed, "random_init_seed": config.random_init_seed})
-    torch.manual_seed(config.seed)
     evaluation = Evaluation(config, run, out, memo)
     started = time.time()
-    for name in config.tasks:
-        log.info("task %s", name)
-        evaluation.task(name)
+    with seeded(config.seed):  # whatever draws from torch's generators, without changing the caller's
+        for name in config.tasks:
+            log.info("task %s", name)
+            evaluation.task(name)
     log.info(
         "scoring: %d predictions, %d bootstrap resamples each", len(evaluation.predictions), config.n_boot
     )

@@ -26,6 +26,7 @@ from medfm.errors import ConfigError
 from medfm.evaluate.suite import EvalConfig, EvalMemo
 from medfm.pcs.stages import STAGES, CellOutput, Stage, eval_inputs, eval_memo, run_eval_cell
 from medfm.pretrain.config import PretrainConfig
+from medfm.seeding import seeded
 
 
 @dataclass
@@ -146,8 +147,7 @@ def heldout_loss(config: PretrainConfig, bundle: Path, pictures: int) -> float:
         return float("nan")
     picked = np.random.default_rng(0).permutation(len(images))[:pictures]
     losses, batch_size = [], config.train.batch_size
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(0)  # MAE draws its masks from the global generator
+    with torch.no_grad(), seeded(0):  # MAE draws its masks from the global generator
         for start in range(0, len(picked), batch_size):
             samples = [images[(int(i), int(i))] for i in picked[start : start + batch_size]]
             batch = default_collate(samples)

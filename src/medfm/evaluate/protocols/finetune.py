@@ -21,6 +21,7 @@ from medfm.engine.schedules import cosine_schedule
 from medfm.evaluate.backbones import Backbone
 from medfm.evaluate.protocols.linear_probe import probabilities, probe_loss, targets
 from medfm.log import get_logger, progress
+from medfm.seeding import seeded
 
 log = get_logger("evaluate.finetune")
 
@@ -105,8 +106,28 @@ def finetune(
     seed: int = 0,
     description: str = "fine-tune",
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Train a copy of ``backbone`` with a linear head; return test probabilities and a summary."""
-    torch.manual_seed(seed)
+    """Train a copy of ``backbone`` with a linear head; return test probabilities and a summary.
+
+    The head's initialisation and any dropout draw from torch's generators seeded with ``seed``; the
+    caller's generator states are restored afterwards."""
+    with seeded(seed):
+        return _train(
+            backbone, train, val, test_inputs, outputs, multilabel, config, device, seed, description
+        )
+
+
+def _train(
+    backbone: Backbone,
+    train: tuple[dict[str, list], np.ndarray],
+    val: tuple[dict[str, list], np.ndarray],
+    test_inputs: dict[str, list],
+    outputs: int,
+    multilabel: bool,
+    config: FinetuneConfig,
+    device: torch.device | str,
+    seed: int,
+    description: str,
+) -> tuple[np.ndarray, dict[str, float]]:
     device = torch.device(device)
     model = Classifier(copy.deepcopy(backbone), outputs).to(device)
     groups = layer_decay_groups(model, config.weight_decay, config.layer_decay)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medfm.seeding import seeded
+
 
 @dataclass
 class LinearProbeConfig:
@@ -43,8 +45,8 @@ def fit_probe(
     x: np.ndarray, y: np.ndarray, outputs: int, multilabel: bool, l2: float, max_iter: int = 200
 ) -> nn.Module:
     """Train a probe on features ``x`` ``[N, D]`` and labels ``y`` (indices or multi-hot)."""
-    torch.manual_seed(0)
-    model = probe_model(x.shape[1], outputs).double()
+    with seeded(0):  # the same starting weights every fit, without touching the caller's generators
+        model = probe_model(x.shape[1], outputs).double()
     features = torch.as_tensor(x, dtype=torch.float64)
     target = targets(y, multilabel)
     if multilabel:
