@@ -129,3 +129,14 @@ def test_bad_options_raise():
         bootstrap_ci(y, prob, np.arange(20), False, n_boot=10, level=95)
     with pytest.raises(ConfigError, match="n_boot"):
         paired_bootstrap(y, prob, prob, np.arange(20), False, n_boot=0)
+
+
+def test_macro_auroc_interval_keeps_every_class_of_the_test_set_on_every_resample():
+    # classes 0 and 1 are separated perfectly, class 2 (two subjects) at chance: macro AUROC (1 + 1 + 0.5) / 3
+    rows = {0: [0.6, 0.0, 0.4], 1: [0.0, 0.6, 0.4], 2: [0.3, 0.3, 0.4]}  # class 2's score ties
+    y = np.array([0] * 20 + [1] * 20 + [2] * 2)
+    prob = np.array([rows[c] for c in y])
+    subjects = np.arange(len(y))
+    value, low, high = bootstrap_ci(y, prob, subjects, False, n_boot=400, metrics=["auroc"])["auroc"]
+    # a resample without class 2 would score 1.0 over two classes: it is left out, not mixed in
+    assert [value, low, high] == pytest.approx([2.5 / 3] * 3)

@@ -103,6 +103,7 @@ def synthetic_comparisons() -> pd.DataFrame:
                 "ci_low": 0.05,
                 "ci_high": 0.17,
                 "p_value": 0.00002,
+                "p_holm": 0.00004,
             },
             {
                 "task": MULTICLASS,
@@ -116,6 +117,7 @@ def synthetic_comparisons() -> pd.DataFrame:
                 "ci_low": -0.06,
                 "ci_high": 0.021,
                 "p_value": 0.4321,
+                "p_holm": 0.4321,
             },
         ]
     )
@@ -200,8 +202,8 @@ def test_markdown_tables_format_estimates_and_p_values(report):
     ]
     assert "| all | sex=F |" in text and "| 0.889 [0.850, 0.920] |" in text
     assert "| test | unseen_question |" in text and "0.856 [0.800, 0.900]" in text
-    assert "| +0.112 [+0.050, +0.170] | <0.001 |" in text
-    assert "| -0.020 [-0.060, +0.021] | 0.432 |" in text
+    assert "| +0.112 [+0.050, +0.170] | <0.001 | <0.001 |" in text
+    assert "| -0.020 [-0.060, +0.021] | 0.432 | 0.432 |" in text
 
 
 def test_html_is_self_contained_and_escaped(report):

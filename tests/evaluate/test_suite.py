@@ -65,6 +65,9 @@ def test_suite_runs_every_protocol_and_baseline_and_writes_the_report(tmp_path, 
         comparisons.model_b
     )
     assert comparisons.p_value.between(0, 1).all()
+    # Holm over the table's comparisons: never below the raw p, the smallest raw p times their number
+    assert (comparisons.p_holm >= comparisons.p_value).all()
+    assert comparisons.p_holm.min() == min(1.0, comparisons.p_value.min() * len(comparisons))
     for name in ("results.md", "report.html", "config.yaml", "provenance.json", "metrics.jsonl"):
         assert (out / name).is_file()
     assert paths["report.html"].read_text().count("<img") >= 2

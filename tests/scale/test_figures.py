@@ -135,6 +135,8 @@ def make_slope_factors(runs: pd.DataFrame) -> pd.DataFrame:
                 "spearman_p": np.nan,
                 "pearson_r": 0.8,
                 "pearson_p": 0.4,
+                "spearman_p_holm": np.nan,
+                "pearson_p_holm": 1.0,
             }
         )
     return pd.DataFrame(rows)

@@ -229,7 +229,15 @@ def test_slope_factor_table_ranks_slopes_with_factors():
         "spearman_p",
         "pearson_r",
         "pearson_p",
+        "spearman_p_holm",
+        "pearson_p_holm",
     ]
+    # Holm over the factors of one method and mix: the smallest p times the family's size, then monotone
+    p = table["pearson_p"].to_numpy()
+    defined = np.sort(p[~np.isnan(p)])
+    expected = np.maximum.accumulate(np.minimum(1, defined * np.arange(len(defined), 0, -1)))
+    assert np.allclose(np.sort(table["pearson_p_holm"].dropna()), expected)
+    assert table["pearson_p_holm"].isna().equals(table["pearson_p"].isna())
     table = table.set_index("factor")
     assert table.loc["n_classes", "spearman_rho"] == pytest.approx(1.0)
     assert table.loc["n_classes", "pearson_r"] > 0.8

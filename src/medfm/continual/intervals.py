@@ -14,8 +14,7 @@ import numpy as np
 
 from medfm.continual.metrics import summarise
 from medfm.continual.stream import Stream
-from medfm.evaluate.bootstrap import percentile_interval, subject_resamples
-from medfm.evaluate.metrics import compute_metrics
+from medfm.evaluate.bootstrap import percentile_interval, resampled_metrics, subject_resamples
 
 
 def resampled_matrices(
@@ -41,7 +40,7 @@ def resampled_matrices(
             prob = predictions.get(f"{'initial' if i is None else i}/{j}")
             if prob is None:
                 continue
-            values = [compute_metrics(y[idx], prob[idx], multilabel, [metric])[metric] for idx in resamples]
+            values = resampled_metrics(y, prob, multilabel, [metric], resamples)[:, 0]
             if i is None:
                 initial[:, j] = values
             else:

@@ -3,17 +3,27 @@
 Examples of one subject are correlated (several images of a patient), so a resample draws *subjects*
 with replacement and takes every example of each drawn subject; resampling examples independently
 would make intervals too narrow. Percentile intervals; a resample on which a metric is undefined (for
-instance AUROC when it holds one class) is left out for that metric.
+instance AUROC when it holds one class) is left out for that metric. Macro AUROC (multi-class and
+multi-label tasks) averages the classes that have both outcomes in the whole test set, on every
+resample; a resample that lacks an outcome of one of those classes is left out, rather than averaged
+over fewer classes (which would mix two estimands in one interval).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+from statsmodels.stats.multitest import multipletests
 
 from medfm.errors import ConfigError
-from medfm.evaluate.metrics import LOWER_IS_BETTER, METRICS, check_metric_names, compute_metrics
+from medfm.evaluate.metrics import (
+    LOWER_IS_BETTER,
+    METRICS,
+    auroc_classes,
+    check_metric_names,
+    compute_metrics,
+)
 
 
 def group_by_subject(subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,6 +58,23 @@ def subject_resamples(subjects: np.ndarray, n_boot: int, seed: int) -> Iterator[
         yield examples_of(rng.integers(0, count, size=count), groups)
 
 
+def resampled_metrics(
+    y: np.ndarray,
+    prob: np.ndarray,
+    multilabel: bool,
+    metrics: Sequence[str],
+    resamples: Iterable[np.ndarray],
+) -> np.ndarray:
+    """``[resamples, metrics]``: each metric on each resample (example indices), macro AUROC over the
+    classes with both outcomes in all of ``y`` (see the module docstring)."""
+    y, prob = np.asarray(y), np.asarray(prob)
+    over = auroc_classes(y, multilabel, prob.shape[1])
+    values = [
+        compute_metrics(y[idx], prob[idx], multilabel, metrics, auroc_over=over) for idx in resamples
+    ]
+    return np.array([[v[m] for m in metrics] for v in values], dtype=np.float64).reshape(-1, len(metrics))
+
+
 def bootstrap_ci(
     y: np.ndarray,
     prob: np.ndarray,
@@ -63,15 +90,7 @@ def bootstrap_ci(
     y, prob = np.asarray(y), np.asarray(prob)
     _check_inputs(y, subjects, n_boot, level)
     point = compute_metrics(y, prob, multilabel, metrics)
-    samples = np.array(
-        [
-            [values[m] for m in metrics]
-            for values in (
-                compute_metrics(y[idx], prob[idx], multilabel, metrics)
-                for idx in subject_resamples(subjects, n_boot, seed)
-            )
-        ]
-    )
+    samples = resampled_metrics(y, prob, multilabel, metrics, subject_resamples(subjects, n_boot, seed))
     result = {}
     for column, metric in enumerate(metrics):
         low, high = percentile_interval(samples[:, column], level)
@@ -103,13 +122,11 @@ def paired_bootstrap(
     _check_inputs(y, subjects, n_boot, level)
     value_a = compute_metrics(y, prob_a, multilabel, [metric])[metric]
     value_b = compute_metrics(y, prob_b, multilabel, [metric])[metric]
-    diffs = np.array(
-        [
-            compute_metrics(y[idx], prob_a[idx], multilabel, [metric])[metric]
-            - compute_metrics(y[idx], prob_b[idx], multilabel, [metric])[metric]
-            for idx in subject_resamples(subjects, n_boot, seed)
-        ]
-    )
+    resamples = list(subject_resamples(subjects, n_boot, seed))
+    diffs = (
+        resampled_metrics(y, prob_a, multilabel, [metric], resamples)
+        - resampled_metrics(y, prob_b, multilabel, [metric], resamples)
+    )[:, 0]
     diffs = diffs[~np.isnan(diffs)]
     not_better = diffs >= 0 if metric in LOWER_IS_BETTER else diffs <= 0
     low, high = percentile_interval(diffs, level)
@@ -123,6 +140,17 @@ def paired_bootstrap(
         "p_value": float(p_value),
         "n_boot": len(diffs),
     }
+
+
+def holm_adjusted(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (statsmodels); undefined (NaN) p-values stay
+    NaN and do not count in the family."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    defined = ~np.isnan(p)
+    if defined.any():
+        adjusted[defined] = multipletests(p[defined], method="holm")[1]
+    return adjusted
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:

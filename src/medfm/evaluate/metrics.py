@@ -8,9 +8,12 @@ built with ``np.bincount``.
 
 Single-label tasks take int labels ``[N]`` and class probabilities ``[N, C]``; multi-label tasks take
 multi-hot labels ``[N, K]`` and independent probabilities ``[N, K]``, thresholded at 0.5, and average the
-per-label binary metric over labels. A metric that is undefined on the data (AUROC without both outcomes)
-is ``nan``; degenerate cases that scikit-learn defines keep its value (MCC 0 for constant labels or
-predictions, F1 0 when a class is neither present nor predicted).
+per-label binary metric over labels. Macro AUROC averages the classes (labels) given as ``auroc_over``,
+by default those with both outcomes in ``y`` (:func:`auroc_classes`), and is ``nan`` when any of them
+lacks an outcome: a bootstrap fixes the classes on the whole test set, so that every resample estimates
+the same mean. A metric that is undefined on the data (AUROC without both outcomes) is ``nan``;
+degenerate cases that scikit-learn defines keep its value (MCC 0 for constant labels or predictions, F1 0
+when a class is neither present nor predicted).
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ def check_metric_names(metrics: Sequence[str]) -> None:
 
 
 def compute_metrics(
-    y: np.ndarray, prob: np.ndarray, multilabel: bool, metrics: Sequence[str] = METRICS
+    y: np.ndarray,
+    prob: np.ndarray,
+    multilabel: bool,
+    metrics: Sequence[str] = METRICS,
+    auroc_over: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Each metric of ``metrics`` on labels ``y`` and probabilities ``prob`` (see the module docstring)."""
     check_metric_names(metrics)
@@ -46,22 +53,39 @@ def compute_metrics(
     if len(y) == 0:
         return {m: float("nan") for m in metrics}
     if multilabel:
-        values = _multilabel_metrics(y.astype(bool), prob, metrics)
+        y = y.astype(bool)
+        values = _multilabel_metrics(y, prob, metrics)
     else:
-        values = _single_label_metrics(y.astype(np.int64), prob, metrics)
+        y = y.astype(np.int64)
+        values = _single_label_metrics(y, prob, metrics)
+    if "auroc" in metrics:
+        over = auroc_classes(y, multilabel, prob.shape[1]) if auroc_over is None else np.asarray(auroc_over)
+        outcomes = y[:, over] if multilabel else y[:, None] == over
+        values["auroc"] = _macro(auroc_columns(prob[:, over], outcomes))
     return {m: values[m] for m in metrics}
+
+
+def auroc_classes(y: np.ndarray, multilabel: bool, outputs: int) -> np.ndarray:
+    """The columns a macro AUROC averages on labels ``y``: the classes (labels) with both outcomes; a
+    binary single-label task scores class 1 alone."""
+    y = np.asarray(y)
+    if multilabel:
+        positives = y.astype(bool).sum(axis=0)
+    else:
+        positives = np.bincount(y.astype(np.int64), minlength=outputs)
+    columns = np.flatnonzero((positives > 0) & (positives < len(y)))
+    return columns[columns == 1] if not multilabel and outputs == 2 else columns
+
+
+def _macro(aurocs: np.ndarray) -> float:
+    """The mean AUROC, undefined when any class of the average is (or when there is none)."""
+    return float(aurocs.mean()) if len(aurocs) and not np.isnan(aurocs).any() else float("nan")
 
 
 def _single_label_metrics(y: np.ndarray, prob: np.ndarray, metrics: Sequence[str]) -> dict[str, float]:
     n, c = prob.shape
     pred = prob.argmax(axis=1)
     values = {}
-    if "auroc" in metrics:
-        # binary AUROC scores class 1 only; multi-class is macro one-vs-rest
-        if c == 2:
-            values["auroc"] = _mean_defined(auroc_columns(prob[:, 1:], (y == 1)[:, None]))
-        else:
-            values["auroc"] = _mean_defined(auroc_columns(prob, y[:, None] == np.arange(c)))
     if _CONFUSION_METRICS.intersection(metrics):
         confusion = np.bincount(y * c + pred, minlength=c * c).reshape(1, c, c)
         f1 = _f1_per_class(confusion)[0]
@@ -79,8 +103,6 @@ def _multilabel_metrics(y: np.ndarray, prob: np.ndarray, metrics: Sequence[str])
     k = prob.shape[1]
     pred = prob >= 0.5
     values = {}
-    if "auroc" in metrics:
-        values["auroc"] = _mean_defined(auroc_columns(prob, y))
     if _CONFUSION_METRICS.intersection(metrics):
         # one 2x2 confusion matrix per label: [K, true, predicted]
         cell = np.arange(k) * 4 + y * 2 + pred
@@ -165,7 +187,3 @@ def _mcc(confusion: np.ndarray) -> np.ndarray:
     denominator = cov_pred_pred * cov_true_true
     return np.where(denominator > 0, cov_true_pred / np.sqrt(np.maximum(denominator, 1)), 0.0)
 
-
-def _mean_defined(values: np.ndarray) -> float:
-    defined = values[~np.isnan(values)]
-    return float(defined.mean()) if len(defined) else float("nan")

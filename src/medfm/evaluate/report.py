@@ -50,6 +50,7 @@ COMPARISON_COLUMNS = (
     "ci_low",
     "ci_high",
     "p_value",
+    "p_holm",  # Holm-adjusted over every comparison of the table
 )
 MISSING = "–"
 CHANCE_AUROC = 0.5
@@ -217,7 +218,7 @@ def _checked_comparisons(comparisons: pd.DataFrame | None) -> pd.DataFrame | Non
     if missing:
         raise ValueError(f"comparisons lack the column(s) {', '.join(missing)}")
     comparisons = comparisons.reset_index(drop=True).copy()
-    for column in ("value_a", "value_b", "diff", "ci_low", "ci_high", "p_value"):
+    for column in ("value_a", "value_b", "diff", "ci_low", "ci_high", "p_value", "p_holm"):
         comparisons[column] = _numeric(comparisons[column], f"comparison column {column!r}")
     return comparisons
 
@@ -309,6 +310,7 @@ def _comparison_table(comparisons: pd.DataFrame | None) -> pd.DataFrame:
                 format_estimate(*v, signed=True) for v in c[["diff", "ci_low", "ci_high"]].to_numpy()
             ],
             "p": [format_p_value(p) for p in c["p_value"]],
+            "p (Holm)": [format_p_value(p) for p in c["p_holm"]],
         }
     )
 

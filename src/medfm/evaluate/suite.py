@@ -29,7 +29,7 @@ import torch
 from medfm.engine.distributed import pick_device
 from medfm.errors import ConfigError
 from medfm.evaluate.backbones import INTENSITIES, Backbone, ImageBackbone, resnet18
-from medfm.evaluate.bootstrap import paired_bootstrap
+from medfm.evaluate.bootstrap import holm_adjusted, paired_bootstrap
 from medfm.evaluate.classical import CLASSICAL, fit_predict
 from medfm.evaluate.encoders import EncoderSource, build_backbone, resolve_encoder
 from medfm.evaluate.features import extract_features
@@ -480,7 +480,9 @@ class Evaluation:
                     **{k: test[k] for k in ("value_a", "value_b", "diff", "ci_low", "ci_high", "p_value")},
                 }
             )
-        return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+        table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+        table["p_holm"] = holm_adjusted(table["p_value"].to_numpy(dtype=float))
+        return table
 
 
 def safe_name(text: str) -> str:
@@ -518,7 +520,7 @@ def run_eval(config: EvalConfig, memo: EvalMemo | None = None) -> dict[str, Path
         f"Intervals: 95 % bootstrap over test subjects ({config.n_boot} resamples); "
         "few-shot: 2.5-97.5 % range over draws.",
         f"Comparisons: paired subject bootstrap of AUROC, one-sided p for 'encoder better' "
-        f"({2 * config.n_boot} resamples).",
+        f"({2 * config.n_boot} resamples), and that p Holm-adjusted over every comparison of the table.",
     ]
     paths = write_report(
         out, rows, evaluation.predictions, title="medfm benchmark", comparisons=comparisons, notes=notes

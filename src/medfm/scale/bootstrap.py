@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medfm.evaluate.bootstrap import percentile_interval, subject_resamples
-from medfm.evaluate.metrics import compute_metrics
+from medfm.evaluate.bootstrap import percentile_interval, resampled_metrics, subject_resamples
 from medfm.evaluate.predictions import Predictions
 from medfm.log import get_logger, progress
 from medfm.scale.fit import fit_power_law, law_variables
@@ -78,10 +77,9 @@ def exponent_bootstrap(
         multilabel = scored[0].multilabel
         table = runs.set_index("cell").loc[cells].reset_index()
         exponents: dict[tuple, list[float]] = defaultdict(list)
-        for draw in subject_resamples(scored[0].subjects, n_boot, seed):
-            values = [
-                compute_metrics(y[draw], prob[draw], multilabel, [metric])[metric] for y, prob in aligned
-            ]
+        draws = list(subject_resamples(scored[0].subjects, n_boot, seed))
+        per_cell = [resampled_metrics(y, prob, multilabel, [metric], draws)[:, 0] for y, prob in aligned]
+        for values in np.array(per_cell).T:  # one resample: every cell's value
             table["value"] = values
             for keys, group in table.groupby(by):
                 keys = keys if isinstance(keys, tuple) else (keys,)

@@ -484,7 +484,8 @@ def draw_slope_factors(
             if len(rho):
                 row = rho.iloc[0]
                 p = format_p_value(float(row["spearman_p"]))
-                text = f"{_number(row['spearman_rho'], '.2f')} (p = {p}, {row['tasks']} tasks)"
+                holm = format_p_value(float(row["spearman_p_holm"]))
+                text = f"{_number(row['spearman_rho'], '.2f')} (p = {p}, Holm {holm}, {row['tasks']} tasks)"
             titles.append(f"{method} · {mix}: Spearman ρ = {text}")
         for task, x, y in (
             pd.DataFrame(placed, columns=["task", "x", "y"])

@@ -18,6 +18,7 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
+from medfm.evaluate.bootstrap import holm_adjusted
 from medfm.log import get_logger
 
 log = get_logger("scale")
@@ -26,6 +27,8 @@ JOINT = ("parameters", "pictures")  # variables of the joint law
 SINGLE = "train_flops"  # variable of the single law
 FIT_COLUMNS = ["exponent", "ci_low", "ci_high", "intercept", "r2", "n"]
 FACTOR_COLUMNS = ["tasks", "spearman_rho", "spearman_p", "pearson_r", "pearson_p"]
+# Holm-adjusted over the factors of one method and mix (each correlation's family)
+HOLM_COLUMNS = ["spearman_p_holm", "pearson_p_holm"]
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,13 @@ def slope_factor_table(
     rows = []
     for (method, mix), group in merged.groupby(["method", "mix"]):
         slopes = group["exponent"].to_numpy(dtype=float)
+        family = []
         for name in names:
             base = {"method": method, "mix": mix, "variable": variable, "factor": name}
-            rows.append({**base, **_correlations(slopes, group[name].to_numpy(dtype=float))})
-    return pd.DataFrame(rows, columns=["method", "mix", "variable", "factor", *FACTOR_COLUMNS])
+            family.append({**base, **_correlations(slopes, group[name].to_numpy(dtype=float))})
+        for test in ("spearman", "pearson"):
+            adjusted = holm_adjusted([row[f"{test}_p"] for row in family])
+            for row, p in zip(family, adjusted):
+                row[f"{test}_p_holm"] = float(p)
+        rows += family
+    return pd.DataFrame(rows, columns=["method", "mix", "variable", "factor", *FACTOR_COLUMNS, *HOLM_COLUMNS])
