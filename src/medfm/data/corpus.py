@@ -12,7 +12,9 @@ Stages:
 4. *shard*: samples are spread over WebDataset tar shards per split (random shard per sample, so every
    shard mixes sources) and described in ``catalog.parquet``.
 
-The output folder also holds ``summary.json`` and the run record (resolved config, metrics, provenance).
+The output folder also holds ``summary.json``, the run record (resolved config, metrics, provenance) and
+``secrets/subject_salt``, the secret that keys DICOM pseudonyms (see :mod:`medfm.data.salt`), which a
+rebuild of the folder reuses and nothing else written here contains.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medfm.data.dedup import HASH_BITS, near_duplicate_of, perceptual_hash, pixel_digest
+from medfm.data.salt import SALT_ENV, corpus_salt, write_corpus_salt
 from medfm.data.shards import CATALOG, ShardSetWriter, encode_png
-from medfm.data.sources import open_source
+from medfm.data.sources import open_source, source_options
 from medfm.data.splits import check_fractions, subject_splits, subjects_in_several_splits
 from medfm.data.tables import json_value
 from medfm.data.transforms import FIT_MODES, fit_to_size, pictures
@@ -48,6 +51,7 @@ from medfm.runs import Run
 log = get_logger("data.corpus")
 
 STAGING = "_staging"
+SALT_OPTION = "subject_salt"  # the adapter option that takes the corpus's salt
 
 
 @dataclass
@@ -92,6 +96,18 @@ def validate(config: CorpusConfig) -> None:
         check_fractions(config.splits)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    for spec in config.sources:
+        if SALT_OPTION in spec.options:  # it would be saved with the config and shown in the command line
+            raise ConfigError(
+                f"source {spec.adapter!r}: {SALT_OPTION} does not belong in a corpus config; set {SALT_ENV} "
+                "or leave it to the build, which draws one and keeps it in the corpus folder"
+            )
+
+
+def adapter_options(spec: SourceSpec, salt: str) -> dict[str, Any]:
+    """The spec's options, plus the corpus's salt for an adapter that keys pseudonyms with one."""
+    keyed = SALT_OPTION in source_options(spec.adapter)
+    return (spec.options | {SALT_OPTION: salt}) if keyed else spec.options
 
 
 def resolve_root(spec: SourceSpec, data_root: str | None) -> Path:
@@ -120,7 +136,13 @@ class StageResult:
 
 
 def stage_source(
-    index: int, spec: SourceSpec, root: Path, config: CorpusConfig, staging: Path, encode: Encoder
+    index: int,
+    spec: SourceSpec,
+    root: Path,
+    config: CorpusConfig,
+    staging: Path,
+    encode: Encoder,
+    salt: str,
 ) -> StageResult:
     """Stage one source: its pictures' metadata, hashes and PNG bytes into a Parquet file.
 
@@ -128,7 +150,7 @@ def stage_source(
     spreads it over worker processes and returns results in order.
     """
     started = time.perf_counter()
-    adapter = open_source(spec.adapter, root, **spec.options)
+    adapter = open_source(spec.adapter, root, **adapter_options(spec, salt))
     if adapter.info.kind not in ("image", "volume", "vqa"):
         raise ConfigError(
             f"source {adapter.source!r} ({spec.adapter}) holds {adapter.info.kind} data, not images"
@@ -253,9 +275,12 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     out = Path(config.output)
     if out.exists():
         _check_replaceable(out)
+    salt = corpus_salt(out)  # before the rebuild clears the folder: its pseudonyms stay the same
+    if out.exists():
         shutil.rmtree(out)  # a rebuild replaces the corpus whole: stale shards must not survive
     staging = out / STAGING
     staging.mkdir(parents=True)
+    write_corpus_salt(out, salt)
     run = Run.create(
         out,
         config,
@@ -264,7 +289,7 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     )
     started = time.perf_counter()
 
-    staged = _stage_all(config, roots, staging)
+    staged = _stage_all(config, roots, staging, salt)
     for result in staged:
         run.log(
             stage="staged",
@@ -321,13 +346,14 @@ def _staged_pngs(path: str) -> Iterator[bytes]:
         yield from batch.column("png").to_pylist()
 
 
-def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path) -> list[StageResult]:
+def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path, salt: str) -> list[StageResult]:
     pool = ProcessPoolExecutor(config.workers) if config.workers > 1 else None
     try:
         encode = make_encoder(pool, config.workers, config.image_size, config.fit)
         results = []
         for index, (spec, root) in enumerate(zip(config.sources, roots)):
-            result = stage_source(index, spec, root, config, staging, _counted(encode, spec.adapter))
+            encode_counted = _counted(encode, spec.adapter)
+            result = stage_source(index, spec, root, config, staging, encode_counted, salt)
             log.info(
                 "staged %s: %d samples -> %d images in %.1f s (%d skipped)",
                 result.source,

@@ -137,8 +137,8 @@ def test_deidentify_removes_identifiers_everywhere():
     original_instance, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
     assert any(element.tag.is_private for element in ds)
 
-    pseudonym = subject_pseudonym(ds)
-    result = deidentify(ds)
+    pseudonym = subject_pseudonym(ds, "k")
+    result = deidentify(ds, salt="k")
     assert result is ds
     text = str(ds)
     for identifier in ["CompressedSamples", "1CT1", "OTHER-1", "General Hospital", "Nested", "20040119"]:
@@ -153,7 +153,7 @@ def test_deidentify_removes_identifiers_everywhere():
     assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod
     assert ds.pixel_array.shape == (128, 128)  # the image itself is untouched
     assert pseudonym.startswith("subj-") and "1CT1" not in pseudonym
-    assert pseudonym == subject_pseudonym(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    assert pseudonym == subject_pseudonym(pydicom.dcmread(get_testdata_file("CT_small.dcm")), "k")
 
 
 def test_ct_small_in_hounsfield_units_and_windows(tmp_path):
@@ -253,3 +253,43 @@ def test_bad_options_and_folders(tmp_path):
         DicomSource(tmp_path, min_slices=0)
     with pytest.raises(ConfigError, match="no option"):
         open_source("dicom", tmp_path, window="brain")
+
+
+def test_without_a_salt_pseudonyms_are_random_per_process_or_the_environment_salt(tmp_path, monkeypatch):
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "CT_small.dcm")
+    monkeypatch.delenv("MEDFM_SUBJECT_SALT", raising=False)
+    unsalted = [next(iter(DicomSource(tmp_path)))["meta"]["subject_id"] for _ in range(2)]
+    assert unsalted[0] == unsalted[1]  # one salt for the whole process
+    public_default = "medfm-default-subject-salt: change it per deployment"  # the salt medfm used to ship
+    assert next(iter(DicomSource(tmp_path, subject_salt=public_default)))["meta"]["subject_id"] != unsalted[0]
+    monkeypatch.setenv("MEDFM_SUBJECT_SALT", "site salt")
+    from_environment = next(iter(DicomSource(tmp_path)))["meta"]["subject_id"]
+    given = next(iter(DicomSource(tmp_path, subject_salt="site salt")))["meta"]["subject_id"]
+    assert from_environment == given != unsalted[0]
+
+
+def test_skips_never_name_a_path_holding_a_patient_id(tmp_path, caplog):
+    _write_slice(tmp_path / "PAT123/series/1.dcm", z=0.0, instance=1, value=1010)
+    _write_slice(tmp_path / "PAT123/series/2.dcm", z=5.0, instance=2, value=1020, size=8)
+    (tmp_path / "PAT123/series/PAT123-notes.dcm").write_text("not DICOM\n")
+    source = DicomSource(tmp_path, min_slices=2)
+    assert list(source) == []
+    assert source.skips.counts() == {"corrupt_dicom": 1, "inconsistent_slice": 1, "too_few_slices": 1}
+    for record in source.skips.records:
+        assert "PAT" not in record.path + record.detail, record
+        assert record.path.startswith(("file-", "series-"))
+    assert {r.path[-4:] for r in source.skips.records if r.path.startswith("file-")} == {".dcm"}
+    assert "PAT" not in caplog.text and "skipped file-" in caplog.text
+    named = DicomSource(tmp_path, min_slices=2, record_paths=True)  # folders known to be clean
+    list(named)
+    assert "PAT123/series/PAT123-notes.dcm" in {r.path for r in named.skips.records}
+
+
+def test_error_details_drop_the_file_path():
+    from medfm.data.sources.dicom import error_detail
+
+    path = Path("/data/PAT123/series/1.dcm")
+    missing = FileNotFoundError(2, "No such file or directory", str(path))
+    assert "PAT123" in str(missing)
+    assert error_detail(missing, path) == "FileNotFoundError: No such file or directory"
+    assert error_detail(ValueError(f"cannot decode {path}"), path) == "ValueError: cannot decode the file"

@@ -24,6 +24,7 @@ from medfm.data.sources.base import (
     check_sample,
     open_source,
     register_source,
+    source_options,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "check_sample",
     "open_source",
     "register_source",
+    "source_options",
 ]

@@ -129,17 +129,23 @@ def register_source(name: str, *, aliases: tuple[str, ...] = ()):
     return add
 
 
-def open_source(name: str, root: str | Path, **options: Any) -> SourceAdapter:
-    """Instantiate a registered adapter, turning a bad option into a clear :class:`ConfigError`."""
+def source_options(name: str) -> set[str]:
+    """The options (keyword arguments after ``root``) adapter ``name`` accepts; :class:`ConfigError` for an
+    unknown adapter."""
     try:
         cls = SOURCES.get(name)
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from None
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "root"}
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "root"}
+
+
+def open_source(name: str, root: str | Path, **options: Any) -> SourceAdapter:
+    """Instantiate a registered adapter, turning a bad option into a clear :class:`ConfigError`."""
+    accepted = source_options(name)
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ConfigError(f"source {name!r} has no option(s) {unknown}; it accepts {sorted(accepted)}")
-    return cls(root, **options)
+    return SOURCES.get(name)(root, **options)
 
 
 def check_sample(sample: dict[str, Any]) -> None:

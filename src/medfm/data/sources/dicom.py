@@ -32,12 +32,9 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.tag import BaseTag
 
 from medfm.data.intensity import ct_window, ct_window_option, percentile_scale, require_finite
+from medfm.data.salt import standalone_salt
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.errors import ConfigError, DataError
-
-# Keys the pseudonyms; a deployment sets its own through the `subject_salt` option so that pseudonyms
-# cannot be recomputed from a known PatientID by anyone who only has this public default.
-DEFAULT_SUBJECT_SALT = "medfm-default-subject-salt: change it per deployment"
 
 DEIDENTIFICATION_METHOD = "medfm: PS3.15 E.1-1 Basic Profile, hashed UIDs"  # an LO value: at most 64 chars
 
@@ -149,7 +146,7 @@ def keyed_digest(value: str, salt: str, purpose: bytes, size: int = 16) -> bytes
     return hashlib.blake2b(value.encode(), key=key, person=purpose, digest_size=size).digest()
 
 
-def subject_pseudonym(ds: Dataset, salt: str = DEFAULT_SUBJECT_SALT) -> str | None:
+def subject_pseudonym(ds: Dataset, salt: str) -> str | None:
     """``subj-<hex>``: a keyed hash of PatientID (of the study, then the series, when it has none).
 
     Call it before :func:`deidentify`, which deletes PatientID and replaces the UIDs. ``None`` when the
@@ -162,12 +159,27 @@ def subject_pseudonym(ds: Dataset, salt: str = DEFAULT_SUBJECT_SALT) -> str | No
     return None
 
 
-def hashed_uid(uid: str, salt: str = DEFAULT_SUBJECT_SALT) -> str:
+def hashed_uid(uid: str, salt: str) -> str:
     """A valid UID (``2.25.<integer>``, PS3.5 B.2) derived from ``uid`` by a keyed hash: same in, same out."""
     return "2.25." + str(int.from_bytes(keyed_digest(uid.strip(), salt, b"medfm-uid"), "big"))
 
 
-def deidentify(ds: Dataset, *, salt: str = DEFAULT_SUBJECT_SALT) -> Dataset:
+def skipped_file_name(rel: str, salt: str) -> str:
+    """How logs and skip records name a file: ``file-<keyed hash of its relative path>`` plus ``.dcm`` or
+    ``.dicom``, because folder and file names are not de-identified (TCIA folders start with the PatientID).
+    Whoever holds the salt can recompute it for a path; no other part of the name is kept."""
+    suffix = Path(rel).suffix.lower()
+    kept_suffix = suffix if suffix in (".dcm", ".dicom") else ""
+    return "file-" + keyed_digest(rel, salt, b"medfm-path", size=8).hex() + kept_suffix
+
+
+def error_detail(err: Exception, path: Path) -> str:
+    """The error as a skip detail, without the file's path (an OSError's message embeds it)."""
+    message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return f"{type(err).__name__}: {message.replace(str(path), 'the file')}"
+
+
+def deidentify(ds: Dataset, *, salt: str) -> Dataset:
     """Remove patient, staff, institution and device identifiers from ``ds`` in place and return it.
 
     Deletes the attributes of :data:`IDENTIFYING_KEYWORDS`, every element whose VR is in
@@ -346,6 +358,11 @@ def order_slices(headers: list[SliceHeader]) -> tuple[list[SliceHeader], str, li
     return sorted(headers, key=lambda h: h.rel), "file_name", None
 
 
+def series_folder(headers: list[SliceHeader]) -> str:
+    """The folder holding a series' files, relative to the root."""
+    return os.path.commonpath([Path(h.rel).parent.as_posix() or "." for h in headers])
+
+
 def slice_spacing(positions: list[float] | None, header: SliceHeader) -> float:
     """Distance between slices: median step of the positions, else SpacingBetweenSlices, SliceThickness, 1."""
     if positions is not None and len(positions) > 1:
@@ -387,15 +404,20 @@ class DicomSource(SourceAdapter):
         mr_percentiles: low and high percentile for non-CT modalities.
         anatomy: anatomy when a series has no BodyPartExamined.
         min_slices: a series with fewer usable slices is skipped ("too_few_slices").
-        subject_salt: key of the pseudonyms and hashed UIDs; set one per deployment and keep it secret.
-        record_paths: put the series folder in ``meta["path"]``. Off by default because folder names are
-            not de-identified (TCIA downloads, for one, start with the PatientID); turn it on only for
-            folders known to carry no identifiers.
+        subject_salt: secret key of the pseudonyms and hashed UIDs (see :mod:`medfm.data.salt`). A corpus
+            build passes its own (``$MEDFM_SUBJECT_SALT`` or one kept in the corpus folder) and refuses
+            it in a config; on its own the adapter takes ``$MEDFM_SUBJECT_SALT``, else a random salt of
+            this process, so its pseudonyms match only within the process.
+        record_paths: put the series folder in ``meta["path"]`` and name skipped files and series by their
+            paths. Off by default because folder names are not de-identified (TCIA downloads, for one,
+            start with the PatientID); turn it on only for folders known to carry no identifiers.
 
     Skip reasons: ``corrupt_dicom`` (not DICOM, truncated, or pixel data that cannot be decoded; the rest
     of the series still loads), ``not_an_image`` (no Rows/Columns or no series UID, e.g. DICOMDIR),
     ``unsupported_multiframe``, ``unsupported_color``, ``inconsistent_slice`` (Rows/Columns or
-    orientation differ from the series majority), ``too_few_slices``, ``non_finite_volume``.
+    orientation differ from the series majority), ``too_few_slices``, ``non_finite_volume``. Unless
+    ``record_paths``, a skipped file is named by :func:`skipped_file_name` and a skipped series by its
+    ``sample_id``, not by their paths.
     """
 
     info = SourceInfo(
@@ -415,7 +437,7 @@ class DicomSource(SourceAdapter):
         mr_percentiles: Sequence[float] = (0.5, 99.5),
         anatomy: str | None = None,
         min_slices: int = 1,
-        subject_salt: str = DEFAULT_SUBJECT_SALT,
+        subject_salt: str | None = None,
         record_paths: bool = False,
         source: str | None = None,
         license: str | None = None,
@@ -429,9 +451,9 @@ class DicomSource(SourceAdapter):
         if min_slices < 1:
             raise ConfigError(f"{self.name}: min_slices must be at least 1, got {min_slices}")
         self.min_slices = min_slices
-        if not subject_salt:
+        if subject_salt == "":
             raise ConfigError(f"{self.name}: subject_salt must not be empty")
-        self.subject_salt = subject_salt
+        self.subject_salt = subject_salt or standalone_salt()
         self.record_paths = record_paths
 
     def candidate_files(self) -> list[Path]:
@@ -459,13 +481,19 @@ class DicomSource(SourceAdapter):
                 problem = unusable_reason(ds)
                 header = None if problem else SliceHeader.from_dataset(ds, path, rel, str(subject_id))
             except DICOM_ERRORS as err:
-                self.skips.add(rel, "corrupt_dicom", f"{type(err).__name__}: {err}")
+                self.skip_file(rel, "corrupt_dicom", error_detail(err, path))
                 continue
             if header is None:
-                self.skips.add(rel, *problem)
+                self.skip_file(rel, *problem)
                 continue
             series[header.series_uid].append(header)
         return series
+
+    def skip_file(self, rel: str, reason: str, detail: str = "") -> None:
+        """Record an unusable file, by a non-identifying name (:func:`skipped_file_name`) unless paths may
+        be recorded."""
+        name = rel if self.record_paths else skipped_file_name(rel, self.subject_salt)
+        self.skips.add(name, reason, detail)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         series = self.read_headers()
@@ -476,7 +504,8 @@ class DicomSource(SourceAdapter):
 
     def load_series(self, headers: list[SliceHeader]) -> dict[str, Any] | None:
         """Pass 2 for one series: read the pixels slice by slice and stack them; ``None`` if unusable."""
-        folder = os.path.commonpath([Path(h.rel).parent.as_posix() or "." for h in headers])
+        series_id = short_id("series", headers[0].series_uid)
+        series_name = series_folder(headers) if self.record_paths else series_id  # in skips
         # A slice of another size or orientation (a localizer kept in the series) cannot be stacked.
         majority = Counter(h.geometry() for h in headers).most_common(1)[0][0]
         shape = majority[:2]
@@ -486,7 +515,7 @@ class DicomSource(SourceAdapter):
                 detail = (
                     f"{header.rows}x{header.columns}, orientation {header.orientation}; series: {majority}"
                 )
-                self.skips.add(header.rel, "inconsistent_slice", detail)
+                self.skip_file(header.rel, "inconsistent_slice", detail)
             else:
                 usable.append(header)
         ordered, slice_order, positions = order_slices(usable)
@@ -497,10 +526,11 @@ class DicomSource(SourceAdapter):
                 ds, _ = read_deidentified(header.path, salt=self.subject_salt, pixels=True)
                 pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
             except DICOM_ERRORS as err:
-                self.skips.add(header.rel, "corrupt_dicom", f"{type(err).__name__}: {err}")
+                self.skip_file(header.rel, "corrupt_dicom", error_detail(err, header.path))
                 continue
             if pixels.shape != shape:
-                self.skips.add(header.rel, "inconsistent_slice", f"pixel data {pixels.shape}, header {shape}")
+                detail = f"pixel data {pixels.shape}, header {shape}"
+                self.skip_file(header.rel, "inconsistent_slice", detail)
                 continue
             slices.append(pixels)
             if positions is not None:
@@ -508,12 +538,12 @@ class DicomSource(SourceAdapter):
 
         if len(slices) < self.min_slices:
             detail = f"{len(slices)} usable of {len(headers)} files; min_slices is {self.min_slices}"
-            self.skips.add(folder, "too_few_slices", detail)
+            self.skips.add(series_name, "too_few_slices", detail)
             return None
         volume = np.stack(slices)[None]
         problem = require_finite(volume)
         if problem:
-            self.skips.add(folder, "non_finite_volume", problem)
+            self.skips.add(series_name, "non_finite_volume", problem)
             return None
 
         first = ordered[0]
@@ -521,9 +551,9 @@ class DicomSource(SourceAdapter):
         anatomy = first.body_part or self.anatomy or self.info.anatomy
         image, intensity = self.scale(volume, first, modality, anatomy)
         pixel_spacing = list(first.pixel_spacing or (1.0, 1.0))
-        extra = {"path": folder} if self.record_paths else {}
+        extra = {"path": series_name} if self.record_paths else {}
         meta = self.meta(
-            sample_id=short_id("series", first.series_uid),
+            sample_id=series_id,
             subject_id=first.subject_id,
             modality=modality,
             anatomy=anatomy,
