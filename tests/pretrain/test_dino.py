@@ -6,12 +6,22 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
 from medfm.config import load_config
+from medfm.engine.trainer import TrainConfig, Trainer
 from medfm.errors import ConfigError
 from medfm.models.encoders import create_encoder
 from medfm.pretrain.base import METHODS
-from medfm.pretrain.dino import DINO, DINOConfig, koleo_loss, sinkhorn_knopp
+from medfm.pretrain.dino import (
+    DINO,
+    DINOConfig,
+    dino_loss,
+    global_koleo_loss,
+    ibot_loss,
+    koleo_loss,
+    sinkhorn_knopp,
+)
 from medfm.pretrain.views import MultiCropView, ViewConfig
 
 SMALL = dict(out_dim=64, head_hidden=64, head_bottleneck=32, n_local=2)
@@ -158,6 +168,223 @@ def test_koleo_prefers_spread_out_features():
     assert koleo_loss(torch.randn(1, 16)).item() == 0.0
 
 
+# ---- the losses against hand-computed values (DINOv2's definitions, written out in plain Python) ----
+
+
+def log_softmax_by_hand(logits: list[float], temp: float) -> list[float]:
+    scaled = [value / temp for value in logits]
+    log_total = math.log(sum(math.exp(value) for value in scaled))
+    return [value - log_total for value in scaled]
+
+
+def softmax_by_hand(logits: list[float], temp: float) -> list[float]:
+    return [math.exp(value) for value in log_softmax_by_hand(logits, temp)]
+
+
+def cross_entropy_by_hand(teacher_probs: list[float], student_logits: list[float], temp: float) -> float:
+    return -sum(p * q for p, q in zip(teacher_probs, log_softmax_by_hand(student_logits, temp)))
+
+
+def koleo_by_hand(features: list[list[float]]) -> float:
+    """Mean of -log(distance to the nearest other row), rows scaled to unit length first."""
+    unit = [[value / math.sqrt(sum(v * v for v in row)) for value in row] for row in features]
+    total = 0.0
+    for i, row in enumerate(unit):
+        total -= math.log(min(math.dist(row, other) for j, other in enumerate(unit) if j != i))
+    return total / len(unit)
+
+
+STUDENT_TEMP = 0.1
+# 2 global crops (teacher and student) and 1 local crop (student) of 2 images, 3 prototypes.
+TEACHER_PROBS = [  # [global crop][image]
+    [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]],
+    [[0.5, 0.25, 0.25], [0.2, 0.2, 0.6]],
+]
+STUDENT_LOGITS = [  # [student crop: global 0, global 1, local 0][image]
+    [[0.3, -0.1, 0.0], [0.1, 0.2, -0.3]],
+    [[-0.2, 0.1, 0.25], [0.0, -0.1, 0.3]],
+    [[0.15, 0.05, -0.2], [-0.3, 0.2, 0.1]],
+]
+
+
+def test_dino_loss_matches_hand_computation():
+    # A teacher global crop is never compared with the same student global crop: 4 pairs, which DINOv2
+    # also counts (2 global-global terms + 2 x 1 global-local terms), and the mean over the 2 images.
+    pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]  # (teacher crop, student crop)
+    total = 0.0
+    for teacher, student in pairs:
+        for image in range(2):
+            total += cross_entropy_by_hand(
+                TEACHER_PROBS[teacher][image], STUDENT_LOGITS[student][image], STUDENT_TEMP
+            )
+    expected = total / (len(pairs) * 2)
+    loss = dino_loss(torch.tensor(TEACHER_PROBS), torch.tensor(STUDENT_LOGITS), STUDENT_TEMP)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ibot_loss_matches_hand_computation():
+    # 4 global crops of 4 patches; crop 2 has no masked patch and still counts in the mean over crops.
+    masks = [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1]]
+    teacher_probs = [  # one row per masked patch, crop by crop
+        [0.6, 0.3, 0.1],
+        [0.2, 0.5, 0.3],
+        [0.1, 0.1, 0.8],
+        [0.3, 0.3, 0.4],
+        [0.9, 0.05, 0.05],
+        [0.25, 0.5, 0.25],
+    ]
+    student_logits = [
+        [0.2, -0.1, 0.05],
+        [-0.3, 0.1, 0.2],
+        [0.0, 0.3, -0.2],
+        [0.1, 0.1, -0.1],
+        [0.25, -0.25, 0.0],
+        [-0.05, 0.15, 0.3],
+    ]
+    per_crop, row = [], 0
+    for crop_mask in masks:
+        n_masked = sum(crop_mask)
+        losses = [
+            cross_entropy_by_hand(teacher_probs[row + i], student_logits[row + i], STUDENT_TEMP)
+            for i in range(n_masked)
+        ]
+        per_crop.append(sum(losses) / n_masked if n_masked else 0.0)
+        row += n_masked
+    expected = sum(per_crop) / len(masks)
+    loss = ibot_loss(
+        torch.tensor(teacher_probs), torch.tensor(student_logits), torch.tensor(masks).bool(), STUDENT_TEMP
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+KOLEO_CROP_0 = [[1.0, 0.0], [0.6, 0.8], [0.0, 2.0]]
+KOLEO_CROP_1 = [[1.0, 0.05], [0.55, 0.8], [0.05, 2.0]]  # each row close to the same image's other crop
+
+
+def test_koleo_loss_matches_hand_computation():
+    loss = koleo_loss(torch.tensor(KOLEO_CROP_0))
+    assert loss.item() == pytest.approx(koleo_by_hand(KOLEO_CROP_0), abs=1e-6)
+
+
+def test_koleo_is_summed_over_the_global_crops():
+    # DINOv2 sums KoLeo over the 2 global crops, each crop's features among themselves only.
+    expected = koleo_by_hand(KOLEO_CROP_0) + koleo_by_hand(KOLEO_CROP_1)
+    loss = global_koleo_loss(torch.tensor(KOLEO_CROP_0 + KOLEO_CROP_1), n_global=2)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def hand_losses(method: DINO, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """DINO, iBOT and KoLeo of a first step (centres still 0), from each crop's network outputs alone."""
+    cfg = method.config
+    temp = float(method.teacher_temp_at(0.0))
+    globals_, locals_, masks = batch["global_crops"], batch["local_crops"], batch["ibot_masks"].bool()
+    n_images, n_global = globals_.shape[:2]
+    teacher_probs, student_logits, student_cls, ibot_per_crop = {}, {}, {}, []
+    with torch.no_grad():
+        for image in range(n_images):
+            for crop in range(n_global):
+                x, mask = globals_[image, crop][None], masks[image, crop]
+                t_cls, t_patch = method._encode(method.teacher_encoder, x)
+                s_cls, s_patch = method._encode(method.student_encoder, x, mask[None])
+                teacher_probs[crop, image] = softmax_by_hand(method.teacher_head(t_cls)[0].tolist(), temp)
+                student_logits[crop, image] = method.student_head(s_cls)[0].tolist()
+                student_cls[crop, image] = s_cls[0].tolist()
+                t_patch_logits = method.teacher_head(t_patch[0, mask]).tolist()
+                s_patch_logits = method.student_head(s_patch[0, mask]).tolist()
+                losses = [
+                    cross_entropy_by_hand(softmax_by_hand(t, temp), s, cfg.student_temp)
+                    for t, s in zip(t_patch_logits, s_patch_logits)
+                ]
+                ibot_per_crop.append(sum(losses) / len(losses) if losses else 0.0)
+            for crop in range(locals_.shape[1]):
+                l_cls, _ = method._encode(method.student_encoder, locals_[image, crop][None])
+                student_logits[n_global + crop, image] = method.student_head(l_cls)[0].tolist()
+    n_views = n_global + locals_.shape[1]
+    pairs = [(t, s) for t in range(n_global) for s in range(n_views) if s != t]
+    dino = sum(
+        cross_entropy_by_hand(teacher_probs[t, image], student_logits[s, image], cfg.student_temp)
+        for t, s in pairs
+        for image in range(n_images)
+    ) / (len(pairs) * n_images)
+    koleo = sum(
+        koleo_by_hand([student_cls[crop, image] for image in range(n_images)]) for crop in range(n_global)
+    )
+    return {"dino_loss": dino, "ibot_loss": sum(ibot_per_crop) / len(ibot_per_crop), "koleo_loss": koleo}
+
+
+def test_forward_losses_match_hand_computation():
+    method = make_method(n_local=1, ibot_mask_probability=1.0, koleo_weight=0.5, ibot_weight=0.7)
+    batch = make_batch(method, random_images(3))
+    assert batch["ibot_masks"].any()
+    expected = hand_losses(method, batch)
+    out = method(batch)
+    for key, value in expected.items():
+        assert out[key].item() == pytest.approx(value, abs=1e-5), key
+    total = expected["dino_loss"] + 0.7 * expected["ibot_loss"] + 0.5 * expected["koleo_loss"]
+    assert out["loss"].item() == pytest.approx(total, abs=1e-5)
+
+
+# ---- the heads' last layers are frozen during the first epochs ----
+
+
+class ViewedImages(Dataset):
+    """Images through a method's view, indexed by ``(index, seed)`` as the engine's sampler yields."""
+
+    def __init__(self, images: list[torch.Tensor], view):
+        self.images, self.view = images, view
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        return self.view(self.images[index], torch.Generator().manual_seed(seed))
+
+
+def largest_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[float]:
+    return [(b - a).abs().max().item() for b, a in zip(before, after)]
+
+
+def test_last_layers_learn_only_after_the_first_epoch(tmp_path):
+    method = make_method(n_local=1, ibot_separate_head=True, ibot_mask_probability=1.0)
+    config = TrainConfig(steps=2, batch_size=4, workers=0, warmup_steps=0, lr=1e-2, device="cpu")
+    dataset = ViewedImages(random_images(4), method.views())
+    trainer = Trainer(method, dataset, config, tmp_path, hooks=method.hooks())
+    heads = (method.student_head, method.student_ibot_head)
+    last_layers = [head.last_weight for head in heads]
+    others = [head.mlp[0].weight for head in heads] + [method.student_encoder.cls_token]
+
+    def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in params]
+
+    batches = trainer.batches()  # 4 images in batches of 4: one step per epoch
+    last_at_start, others_at_start = snapshot(last_layers), snapshot(others)
+    trainer.train_step(batches)
+    assert trainer.epoch == 0
+    assert largest_change(last_at_start, last_layers) == [0.0, 0.0]
+    assert all(change > 0 for change in largest_change(others_at_start, others))
+    trainer.train_step(batches)
+    assert trainer.epoch == 1
+    assert all(change > 0 for change in largest_change(last_at_start, last_layers))
+    batches.close()
+
+
+def test_freezing_follows_its_setting():
+    assert make_method().hooks()[0].epochs == 1
+    assert make_method(freeze_last_layer_epochs=3).hooks()[0].epochs == 3
+    assert make_method(freeze_last_layer_epochs=0).hooks() == []
+    separate = make_method(ibot_separate_head=True)
+    assert separate.hooks()[0].heads == [separate.student_head, separate.student_ibot_head]
+
+
+def test_a_run_ending_before_the_last_layers_learn_is_refused():
+    method = make_method(freeze_last_layer_epochs=2)
+    method.check_schedule(steps=21, steps_per_epoch=10)
+    with pytest.raises(ConfigError, match="freeze_last_layer_epochs=2"):
+        method.check_schedule(steps=20, steps_per_epoch=10)
+    make_method(freeze_last_layer_epochs=0).check_schedule(steps=1, steps_per_epoch=10)
+
+
 def test_state_dict_exports_teacher_as_plain_encoder():
     method = make_method()
     method.after_step(0, 10)
@@ -204,6 +431,7 @@ def test_views_and_export_config():
         ({"ibot_mask_ratio": [0.5, 0.1]}, "ibot_mask_ratio"),
         ({"koleo_weight": -1.0}, "koleo_weight"),
         ({"local_size": 12}, "local_size"),
+        ({"freeze_last_layer_epochs": -1}, "freeze_last_layer_epochs"),
     ],
 )
 def test_bad_config_raises(changes, key):

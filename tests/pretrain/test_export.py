@@ -35,6 +35,7 @@ def test_ema_and_raw_weights_are_both_exportable(tiny_corpus, tmp_path):
         "dino.out_dim=64",
         "dino.head_hidden=32",
         "dino.head_bottleneck=16",
+        "dino.freeze_last_layer_epochs=0",  # 3 steps are within the first epoch
     )
     ema = load_bundle(export_bundle(run, tmp_path / "ema", weights="ema"))
     raw = load_bundle(export_bundle(run, tmp_path / "raw", weights="raw"))

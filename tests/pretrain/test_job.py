@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from medfm.engine.checkpoint import latest_checkpoint, read_checkpoint
+from medfm.errors import ConfigError
 from medfm.models.encoders import create_encoder
+from medfm.pretrain.build import build_method
+from medfm.pretrain.config import PretrainConfig
+from medfm.pretrain.data import CorpusImages
+from medfm.pretrain.job import load_pretrain_config, run_pretrain
 from medfm.runs import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -102,3 +107,39 @@ def test_bad_pretrain_settings_are_one_clear_line(tiny_corpus, tmp_path):
     assert result.returncode == 2
     assert "unknown pretraining method 'simclr'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def dino_config(corpus: Path, out: Path, *extra: str) -> PretrainConfig:
+    """A small DINO run in this process (no worker processes)."""
+    small = ["dino.n_local=1", "dino.out_dim=64", "dino.head_hidden=64", "dino.head_bottleneck=32"]
+    overrides = pretrain_args(corpus, out, "method=dino", *small, "train.workers=0", *extra)[4:]
+    return load_pretrain_config(None, overrides)
+
+
+def test_dino_run_ending_within_the_frozen_epochs_is_refused(tiny_corpus, tmp_path):
+    config = dino_config(tiny_corpus, tmp_path, "train.steps=4")
+    with pytest.raises(ConfigError, match=r"dino\.freeze_last_layer_epochs=1 covers the whole run \(4 steps"):
+        run_pretrain(config)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_dino_job_freezes_the_last_layer_for_the_first_epoch(tiny_corpus, tmp_path):
+    pictures = len(CorpusImages(tiny_corpus, lambda image, generator: {}, fraction=0.1))
+    per_epoch = pictures // 8
+    config = dino_config(
+        tiny_corpus,
+        tmp_path,
+        "data.fraction=0.1",
+        f"train.steps={per_epoch + 1}",
+        f"train.checkpoint_every={per_epoch}",
+        "train.keep_checkpoints=3",
+    )
+    initial = build_method(config).state_dict()
+    run_pretrain(config)
+    end_of_epoch_0 = read_checkpoint(tmp_path / "checkpoints" / f"step-{per_epoch:07d}")["model"]
+    end_of_run = read_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["model"]
+    last, hidden = "student_head.last_weight", "student_head.mlp.0.weight"
+    assert torch.equal(end_of_epoch_0[last], initial[last])
+    assert not torch.equal(end_of_epoch_0[hidden], initial[hidden])
+    assert not torch.equal(end_of_run[last], initial[last])

@@ -9,7 +9,11 @@ The losses are
 - **iBOT**: cross-entropy between teacher and student patch-token distributions at the masked patches of
   the same global crop, averaged over each image's masked patches, then over all global crops;
 - **KoLeo**: ``-log`` of the distance of each student global class feature (L2-normalised backbone
-  output) to its nearest neighbour in the batch, which spreads the features out.
+  output) to its nearest neighbour among the batch's same crop, which spreads the features out; summed
+  over the global crops, as DINOv2 does.
+
+During the first ``freeze_last_layer_epochs`` epochs the gradients of the student heads' last layers are
+dropped (:class:`FreezeLastLayers`, a training hook), as DINO's ``freeze_last_layer``.
 
 Teacher outputs are centred (running mean, DINO) or balanced by Sinkhorn-Knopp (DINOv2), sharpened by a
 teacher temperature that warms up linearly. After each optimiser step the teacher follows the student
@@ -23,16 +27,20 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from medfm.engine.hooks import Hook
 from medfm.errors import ConfigError
 from medfm.pretrain.base import METHODS, PretrainMethod, View
 from medfm.pretrain.views import MultiCropView, ViewConfig
+
+if TYPE_CHECKING:
+    from medfm.engine.trainer import Trainer
 
 SINKHORN_ITERATIONS = 3
 KOLEO_EPS = 1e-8
@@ -74,6 +82,9 @@ class DINOConfig:
     ibot_separate_head: bool = False
     """Give iBOT its own heads (otherwise the DINO heads score patch tokens too)."""
     koleo_weight: float = 0.1
+    freeze_last_layer_epochs: int = 1
+    """Epochs at the start during which the heads' last layers do not learn (DINO's ``freeze_last_layer``);
+    0 turns freezing off."""
 
     def check(self) -> DINOConfig:
         """Raise :class:`ConfigError` naming the first invalid key; return ``self``."""
@@ -81,7 +92,7 @@ class DINOConfig:
         for key in positive_ints:
             if getattr(self, key) < 1:
                 raise ConfigError(f"dino.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_local", "local_size"):
+        for key in ("n_local", "local_size", "freeze_last_layer_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"dino.{key} must be >= 0, got {getattr(self, key)}")
         if self.n_global == 1 and self.n_local == 0:
@@ -190,6 +201,57 @@ def koleo_loss(features: torch.Tensor, eps: float = KOLEO_EPS) -> torch.Tensor:
         nearest = similarity.argmax(dim=1)
     distance = F.pairwise_distance(x, x[nearest], eps=eps)
     return -torch.log(distance + eps).mean()
+
+
+def global_koleo_loss(class_features: torch.Tensor, n_global: int) -> torch.Tensor:
+    """KoLeo of each global crop's ``B`` class features ``[n_global * B, D]`` (crop-major), summed over the
+    crops as DINOv2 does; an image's crops are never each other's neighbours."""
+    return torch.stack([koleo_loss(chunk) for chunk in class_features.chunk(n_global)]).sum()
+
+
+def dino_loss(teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
+    """Cross-entropy of each teacher global crop ``[G, B, K]`` against every *other* student crop
+    ``[V, B, K]`` (the same ``G`` global crops first, then the local ones), averaged over pairs and images.
+    """
+    n_global, batch_size = teacher_probs.shape[:2]
+    n_views = student_logits.shape[0]
+    student_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    with torch.autocast(device_type=student_logp.device.type, enabled=False):  # keep the sum in float32
+        cross = -torch.einsum("tbk,sbk->tsb", teacher_probs.float(), student_logp)  # [G, V, B]
+    same_view = torch.eye(n_global, n_views, dtype=torch.bool, device=cross.device)
+    n_pairs = n_global * n_views - n_global
+    return cross.masked_fill(same_view.unsqueeze(-1), 0.0).sum() / (n_pairs * batch_size)
+
+
+def ibot_loss(
+    teacher_probs: torch.Tensor, student_logits: torch.Tensor, masks: torch.Tensor, student_temp: float
+) -> torch.Tensor:
+    """Cross-entropy at the masked patches ``[M, K]`` of crops ``masks`` ``[N, P]`` (``M`` = its true
+    entries, in order): mean over each crop's masked patches, then over all ``N`` crops, those without a
+    mask counting 0 (DINOv2's iBOT patch loss)."""
+    student_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    per_token = -(teacher_probs.float() * student_logp).sum(dim=-1)
+    per_crop_weight = 1.0 / masks.sum(dim=-1, keepdim=True).clamp(min=1)
+    token_weight = per_crop_weight.expand_as(masks)[masks]
+    return (per_token * token_weight).sum() / masks.shape[0]
+
+
+class FreezeLastLayers(Hook):
+    """Drops the gradients of DINO heads' last layers during the first ``epochs`` epochs, as DINO's
+    ``freeze_last_layer`` (which, its authors found, helps training).
+
+    Dropped (``None``) rather than zeroed, so AdamW neither decays those weights nor feeds their moments.
+    """
+
+    name = "dino_freeze_last_layer"
+
+    def __init__(self, heads: list[DINOHead], epochs: int):
+        self.heads, self.epochs = heads, epochs
+
+    def after_backward(self, trainer: Trainer) -> None:
+        if trainer.epoch < self.epochs:
+            for head in self.heads:
+                head.last_weight.grad = None
 
 
 class DINO(PretrainMethod):
@@ -337,36 +399,18 @@ class DINO(PretrainMethod):
         if n_local:
             l_cls, _ = self._encode(self.student_encoder, local_crops.transpose(0, 1).flatten(0, 1))
             student_cls.append(l_cls)
-        s_logits = self.student_head(torch.cat(student_cls))
-        s_logp = F.log_softmax(s_logits.float() / cfg.student_temp, dim=-1)
-        s_logp = s_logp.unflatten(0, (n_global + n_local, batch_size))  # [V, B, K]
-        t_dino = t_dino.unflatten(0, (n_global, batch_size))  # [G, B, K]
+        s_logits = self.student_head(torch.cat(student_cls)).unflatten(0, (n_global + n_local, batch_size))
 
-        # DINO: every teacher global crop against every other student crop
-        with torch.autocast(device_type=s_logp.device.type, enabled=False):  # keep the sum in float32
-            cross = -torch.einsum("tbk,sbk->tsb", t_dino, s_logp)  # [G, V, B]
-        same_view = torch.eye(n_global, n_global + n_local, dtype=torch.bool, device=cross.device)
-        n_pairs = n_global * (n_global + n_local) - n_global
-        dino_loss = cross.masked_fill(same_view.unsqueeze(-1), 0.0).sum() / (n_pairs * batch_size)
-
-        # iBOT: masked patches of each global crop, per-image mean, then mean over all global crops
+        dino = dino_loss(t_dino.unflatten(0, (n_global, batch_size)), s_logits, cfg.student_temp)
         student_ibot_head = self.student_ibot_head or self.student_head
-        s_patch_logp = F.log_softmax(student_ibot_head(s_patch[masks]).float() / cfg.student_temp, dim=-1)
-        per_token = -(t_ibot * s_patch_logp).sum(dim=-1)
-        per_image_weight = 1.0 / masks.sum(dim=-1, keepdim=True).clamp(min=1)
-        token_weight = per_image_weight.expand_as(masks)[masks]
-        ibot_loss = (per_token * token_weight).sum() / masks.shape[0]
+        ibot = ibot_loss(t_ibot, student_ibot_head(s_patch[masks]), masks, cfg.student_temp)
+        koleo = global_koleo_loss(s_cls, n_global)
 
-        # KoLeo: spread the student's global class features, per global crop over the batch
-        koleo = torch.stack(
-            [koleo_loss(chunk) for chunk in s_cls.unflatten(0, (n_global, batch_size))]
-        ).mean()
-
-        loss = dino_loss + cfg.ibot_weight * ibot_loss + cfg.koleo_weight * koleo
+        loss = dino + cfg.ibot_weight * ibot + cfg.koleo_weight * koleo
         return {
             "loss": loss,
-            "dino_loss": dino_loss.detach(),
-            "ibot_loss": ibot_loss.detach(),
+            "dino_loss": dino.detach(),
+            "ibot_loss": ibot.detach(),
             "koleo_loss": koleo.detach(),
             "teacher_temp": torch.as_tensor(teacher_temp).detach(),
             "momentum": torch.as_tensor(self.momentum_at(self.progress)).detach(),
@@ -390,6 +434,22 @@ class DINO(PretrainMethod):
             torch._foreach_mul_(t_list, momentum)
             torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
         self.progress.fill_(min((step + 1) / total_steps, 1.0))
+
+    def hooks(self) -> list[Hook]:
+        """Freezing of the student heads' last layers during the first ``freeze_last_layer_epochs``."""
+        if not self.config.freeze_last_layer_epochs:
+            return []
+        heads = [head for head in (self.student_head, self.student_ibot_head) if head is not None]
+        return [FreezeLastLayers(heads, self.config.freeze_last_layer_epochs)]
+
+    def check_schedule(self, steps: int, steps_per_epoch: float) -> None:
+        """Refuse a run that ends before the heads' last layers start learning."""
+        epochs = self.config.freeze_last_layer_epochs
+        if epochs and epochs * steps_per_epoch >= steps:
+            raise ConfigError(
+                f"dino.freeze_last_layer_epochs={epochs} covers the whole run ({steps} steps, "
+                f"{steps_per_epoch:g} per epoch): the heads' last layers would never learn; lower it (0: off)"
+            )
 
     def views(self) -> View:
         return MultiCropView(

@@ -45,6 +45,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
             fraction=data.fraction,
             seed=config.train.seed,
         )
+        method.check_schedule(config.train.steps, steps_per_epoch(len(dataset), config, dist.world_size))
         output = Path(config.output)
         checkpoint = latest_checkpoint(output / "checkpoints") if config.resume else None
         if not config.resume and dist.is_main and (output / "checkpoints").is_dir():
@@ -70,7 +71,9 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
                 dist.world_size,
                 config.train.batch_size * config.train.accum_steps * dist.world_size,
             )
-        trainer = Trainer(method, dataset, config.train, output, run=run, dist_info=dist)
+        trainer = Trainer(
+            method, dataset, config.train, output, hooks=method.hooks(), run=run, dist_info=dist
+        )
         if checkpoint is not None:
             trainer.resume(checkpoint)
         last = trainer.fit()
@@ -93,6 +96,12 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         return last
     finally:
         cleanup_distributed()
+
+
+def steps_per_epoch(n_images: int, config: PretrainConfig, world_size: int) -> float:
+    """Optimiser steps in one pass over ``n_images`` (the engine's sampler keeps whole batches only)."""
+    batches = n_images // (config.train.batch_size * world_size)
+    return batches / config.train.accum_steps
 
 
 def held_out_views(config: PretrainConfig, method: PretrainMethod, count: int = 8) -> torch.Tensor:
