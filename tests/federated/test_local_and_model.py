@@ -77,14 +77,18 @@ def test_vqa_model_reads_image_and_hashed_question():
     assert model(batch).shape == (2, 2)
 
 
-def test_privacy_spent_is_flowers_rdp_epsilon():
-    assert privacy_spent(FederateConfig()) == {}
-    spent = privacy_spent(
-        FederateConfig(clients=5, rounds=5, privacy=PrivacyConfig(dp="client_fixed", noise_multiplier=1.0))
+def test_privacy_spent_is_flowers_rdp_epsilon_over_the_releases_made():
+    assert privacy_spent(FederateConfig(), releases=5) == {}
+    private = FederateConfig(
+        clients=5, rounds=5, privacy=PrivacyConfig(dp="client_fixed", noise_multiplier=1.0)
     )
-    # One Gaussian release per round, z = 1, 5 rounds, delta = 1e-5, no sampling amplification.
+    spent = privacy_spent(private, releases=5)
+    # One Gaussian release per aggregated round, z = 1, 5 releases, delta = 1e-5, no sampling amplification.
     assert spent["epsilon"] == pytest.approx(12.302, abs=1e-3) and spent["delta"] == 1e-5
-    more_noise = privacy_spent(
-        FederateConfig(clients=5, rounds=5, privacy=PrivacyConfig(dp="client_fixed", noise_multiplier=2.0))
+    assert spent["released_rounds"] == 5
+    assert privacy_spent(private, releases=4)["epsilon"] < spent["epsilon"]
+    assert privacy_spent(private, releases=0)["epsilon"] == 0.0
+    more_noise = FederateConfig(
+        clients=5, rounds=5, privacy=PrivacyConfig(dp="client_fixed", noise_multiplier=2.0)
     )
-    assert more_noise["epsilon"] < spent["epsilon"]
+    assert privacy_spent(more_noise, releases=5)["epsilon"] < spent["epsilon"]

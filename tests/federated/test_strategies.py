@@ -1,5 +1,6 @@
 """The server's guard and Flower's strategies on hand-made client replies: bad updates rejected with a log
-line, per-task aggregation, and robust strategies against one poisoning client."""
+line, per-task aggregation, robust strategies against one poisoning client, and private rounds refused when a
+sampled client's update is missing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
+from flwr.clientapp import ClientApp
+from flwr.serverapp import NeighboringRelation, RdpAccountant, SamplingMethod
+from flwr.serverapp import PrivacyConfig as AccountingConfig
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from medfm.federated.config import StrategyConfig
+from medfm.federated.runtime import InProcessGrid
 from medfm.federated.strategies import GuardedStrategy, build_strategy, update_problem
 
 SHAPES = {"a.w": (3, 2), "a.b": (2,), "b.w": (4,)}
@@ -185,3 +191,45 @@ def test_the_superlinks_error_reply_about_a_dead_node_is_charged_to_that_node(ca
     np.testing.assert_allclose(arrays["a.w"].numpy(), 2.0)
     assert [(e["event"], e["node"]) for e in strategy.events] == [("failed", 3)]
     assert "node 3 failed: Node Unavailable" in caplog.text
+
+
+def test_a_private_round_missing_a_sampled_clients_update_is_refused_and_releases_nothing(caplog):
+    accountant = RdpAccountant(
+        AccountingConfig(
+            target_delta=1e-5,
+            population_size=3,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
+
+    def make() -> DifferentialPrivacyServerSideFixedClipping:
+        inner = build_strategy(StrategyConfig("fedavg"), min_clients=3, fraction_train=1.0)
+        return DifferentialPrivacyServerSideFixedClipping(inner, 1.0, 1.0, 3, accountant=accountant)
+
+    strategy = GuardedStrategy(make, {"a": list(SHAPES)}, private=True)
+    grid = InProcessGrid(ClientApp(), clients=3)  # three nodes to sample; nothing is sent
+    full = {"a": 10}
+    rounds = {
+        1: [reply(1, arrays_of(1.0), full), reply(2, arrays_of(1.0), full)],  # node 3 never answers
+        2: [
+            reply(1, arrays_of(1.0), full),
+            reply(2, arrays_of(1.0), full),
+            reply(3, arrays_of(np.nan), full),
+        ],
+        3: [reply(node, arrays_of(1.0), full) for node in (1, 2, 3)],
+    }
+    results = {}
+    with caplog.at_level(logging.WARNING, logger="medfm"):
+        for server_round, replies in rounds.items():
+            strategy.configure_train(server_round, arrays_of(0.0), ConfigRecord(), grid)
+            results[server_round] = strategy.aggregate_train(server_round, replies)
+    assert results[1] == (None, None) and results[2] == (None, None)
+    assert results[3][0] is not None and accountant.num_releases == 1
+    assert [(e["round"], e["event"]) for e in strategy.events] == [
+        (1, "no reply"),
+        (1, "refused"),
+        (2, "rejected"),
+        (2, "refused"),
+    ]
+    assert "round 1: refused to aggregate: differential privacy needs the updates of all 3" in caplog.text

@@ -78,6 +78,17 @@ def test_federation_config_refuses_what_cannot_run():
         FederateConfig(clients=3, attack=AttackConfig(kind="noise", clients=[3]))
     with pytest.raises(ConfigError, match=r"noise to a mean of clipped updates.*\['krum'\]"):
         FederateConfig(strategies=[StrategyConfig("krum")], privacy=PrivacyConfig(dp="client_fixed"))
+    with pytest.raises(ConfigError, match=r"noise_multiplier must be > 0 with privacy\.dp"):
+        PrivacyConfig(dp="server_fixed", noise_multiplier=0.0)
     with pytest.raises(ConfigError, match="distinct label"):
         FederateConfig(strategies=[StrategyConfig("fedprox"), StrategyConfig("fedprox")])
     assert StrategyConfig("fedprox", proximal_mu=0.1).label == "fedprox (mu=0.1)"
+
+
+def test_an_attack_in_a_private_federation_needs_explicit_consent():
+    private, nan = PrivacyConfig(dp="client_fixed"), AttackConfig(kind="nan", clients=[1])
+    with pytest.raises(ConfigError, match=r"attack 'nan' with privacy\.dp.*attack\.allow_with_dp: true"):
+        FederateConfig(clients=3, privacy=private, attack=nan, strategies=[StrategyConfig("fedavg")])
+    allowed = AttackConfig(kind="nan", clients=[1], allow_with_dp=True)
+    config = FederateConfig(clients=3, privacy=private, attack=allowed, strategies=[StrategyConfig("fedavg")])
+    assert config.attack.allow_with_dp

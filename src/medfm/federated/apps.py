@@ -6,13 +6,16 @@ the run's ``federation-dir`` and the node's ``partition-id``. On a train message
 weights, trains every task it holds (FedProx's proximal term when the message carries ``proximal-mu``)
 and replies with its weights and, per task, its example count and loss. On an evaluate message it scores
 the global model on its own test examples. The model spec and the training settings come in the message,
-so a client needs nothing but its data.
+so a client needs nothing but its data. Only a ClientApp that medfm's simulation or in-process runtime
+builds (``make_client_app(inject_faults=True)``) obeys the message's attack setting; the deployed one
+(``client_app``) ignores it with a warning, so no server can make a hospital corrupt its update.
 
 **ServerApp**: reads the resolved federation config (``config-file``), builds the model and the chosen
 strategy behind :class:`~medfm.federated.strategies.GuardedStrategy`, and runs ``Strategy.start`` with a
 server-side evaluation each round on the pooled validation and test splits. Each round's global weights
-are saved (safetensors) with a metrics line; the round with the best mean validation AUROC is kept as
-``best.safetensors``; a run started again over the same output resumes after its last saved round.
+are saved (safetensors) with a metrics line (under DP, with the private releases made so far); the round
+with the best mean validation AUROC is kept as ``best.safetensors``; a run started again over the same
+output resumes after its last saved round.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid, RdpAccountant, ServerApp
 from safetensors.torch import load_file, save_file
 
 from medfm.config import load_config
@@ -39,7 +42,7 @@ from medfm.federated.config import AttackConfig, FederateConfig, LocalTrainingCo
 from medfm.federated.data import read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
 from medfm.federated.model import build_model, exchanged, load_arrays, load_state, task_keys, to_arrays
-from medfm.federated.privacy import clip_when_asked, dp_sample_size, wrap_privacy
+from medfm.federated.privacy import clip_when_asked, dp_sample_size, privacy_accountant, wrap_privacy
 from medfm.federated.secagg import is_legacy_train, legacy_train, load_ndarrays, run_secagg, secagg_when_asked
 from medfm.federated.strategies import WEIGHT, GuardedStrategy, build_strategy
 from medfm.log import get_logger, setup_logging
@@ -126,8 +129,28 @@ def attack(arrays: ArrayRecord, attack: AttackConfig, seed: int) -> ArrayRecord:
     return ArrayRecord(state)
 
 
-def make_client_app(federation_dir: str = "") -> ClientApp:
-    """The ClientApp; ``federation_dir`` is where simulated clients find their files."""
+def misbehave(
+    arrays: ArrayRecord, config: Mapping[str, Any], partition_id: int, inject_faults: bool
+) -> ArrayRecord:
+    """The update to send: ``arrays``, or the attack the message's config asks of this client when faults
+    may be injected (medfm's simulation and in-process runtimes only)."""
+    requested = AttackConfig(**json.loads(str(config.get("attack", "{}"))))
+    if requested.kind == "none" or partition_id not in requested.clients:
+        return arrays
+    if not inject_faults:
+        log.warning(
+            "client %d: ignored the server's request for a %r attack: faults are injected only in "
+            "medfm's simulation and in-process runtimes",
+            partition_id,
+            requested.kind,
+        )
+        return arrays
+    return attack(arrays, requested, int(config["server-round"]))
+
+
+def make_client_app(federation_dir: str = "", inject_faults: bool = False) -> ClientApp:
+    """The ClientApp; ``federation_dir`` is where simulated clients find their files; ``inject_faults``
+    lets the message's attack setting corrupt the update (medfm's own runtimes set it, never a deployment)."""
     app = ClientApp()
 
     @app.train(mods=[secagg_when_asked, clip_when_asked])
@@ -144,10 +167,7 @@ def make_client_app(federation_dir: str = "") -> ClientApp:
         config = msg.content["config"]
         load_arrays(state.ready_model(config), msg.content["arrays"])
         metrics, _ = state.train_round(config)
-        arrays = to_arrays(state.model)
-        attack_config = AttackConfig(**json.loads(str(config.get("attack", "{}"))))
-        if attack_config.kind != "none" and state.partition_id in attack_config.clients:
-            arrays = attack(arrays, attack_config, int(config["server-round"]))
+        arrays = misbehave(to_arrays(state.model), config, state.partition_id, inject_faults)
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
@@ -201,6 +221,7 @@ class ServerRun:
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
         self.model = build_model(self.federation["tasks"], config.seed)
         self.offset = 0
+        self.accountant: RdpAccountant | None = None  # Flower's, under DP; set when the run starts
         self.best = {"round": -1, "val_auroc": -math.inf}
         best_file = output / "best.json"
         if best_file.is_file():  # a resumed run; an undefined validation AUROC is stored as null
@@ -217,6 +238,12 @@ class ServerRun:
             saved = load_file(str(self.rounds_dir / f"round_{self.offset}.safetensors"))
             return ArrayRecord({key: saved[key] for key in exchanged(self.model)})  # the model's order
         return to_arrays(self.model)
+
+    def saved_releases(self) -> int:
+        """Private releases made up to the round a resumed run starts after (0 for a new run)."""
+        lines = (self.output / "rounds.jsonl").read_text().splitlines() if self.offset else []
+        done = [json.loads(line) for line in lines]
+        return max((r.get("dp_releases", 0) for r in done if r["round"] <= self.offset), default=0)
 
     def split_scores(self, split: str) -> dict[str, dict[str, float]]:
         return {
@@ -246,6 +273,8 @@ class ServerRun:
             "clients": [s for s in strategy.client_scores if s["round"] == server_round] if strategy else [],
             "events": [e for e in strategy.events if e["round"] == server_round] if strategy else [],
         }
+        if self.accountant is not None:
+            record["dp_releases"] = self.accountant.num_releases
         if server_round > 0 or self.offset == 0:
             save_file(state, str(self.rounds_dir / f"round_{current}.safetensors"))
             with (self.output / "rounds.jsonl").open("a") as handle:
@@ -267,13 +296,14 @@ class ServerRun:
         config, strategy_config = self.config, self.strategy_config
 
         least = dp_sample_size(config.privacy, config.clients, config.fraction_train, config.min_clients)
+        arrays = self.initial_arrays()
+        self.accountant = privacy_accountant(config, self.saved_releases())
 
         def make() -> Any:
             inner = build_strategy(strategy_config, min_clients=least, fraction_train=config.fraction_train)
-            return wrap_privacy(inner, config.privacy, config.clients, config.fraction_train)
+            return wrap_privacy(inner, config, self.accountant)
 
-        guarded = GuardedStrategy(make, keys, equal_weights=config.privacy.dp != "none")
-        arrays = self.initial_arrays()
+        guarded = GuardedStrategy(make, keys, private=self.accountant is not None)
         remaining = config.rounds - self.offset
         train_config = ConfigRecord(
             {

@@ -99,6 +99,8 @@ class PrivacyConfig:
             raise ConfigError(
                 "privacy: clipping_norm > 0, noise_multiplier >= 0 and 0 < delta < 1 are required"
             )
+        if self.dp != "none" and self.noise_multiplier == 0:
+            raise ConfigError("privacy.noise_multiplier must be > 0 with privacy.dp (no noise, no privacy)")
 
 
 ATTACKS = ("none", "noise", "nan", "shape")
@@ -108,11 +110,16 @@ ATTACKS = ("none", "noise", "nan", "shape")
 class AttackConfig:
     """Clients that misbehave, for robustness studies: ``noise`` sends the trained weights plus Gaussian
     noise of standard deviation ``scale`` (model poisoning), ``nan`` sends NaNs, ``shape`` a tensor of the
-    wrong shape. The server's guard must reject the last two; only robust strategies survive the first."""
+    wrong shape. The server's guard must reject the last two; only robust strategies survive the first.
+
+    Attacks run only in medfm's simulation and in-process runtimes (a deployed client ignores them). With
+    differential privacy a round missing a sampled client's update is refused, so an attack that gets
+    updates rejected leaves the model untrained: combining the two needs ``allow_with_dp: true``."""
 
     kind: str = "none"
     clients: list[int] = field(default_factory=list)  # partition ids of the attackers
     scale: float = 10.0
+    allow_with_dp: bool = False  # run the attack in a federation with differential privacy anyway
 
     def __post_init__(self):
         if self.kind not in ATTACKS:
@@ -177,6 +184,11 @@ class FederateConfig:
             if len(self.tasks) > 1:
                 raise ConfigError(
                     "differential privacy is accounted for one task per federation; run one task"
+                )
+            if self.attack.kind != "none" and not self.attack.allow_with_dp:
+                raise ConfigError(
+                    f"attack {self.attack.kind!r} with privacy.dp: rounds whose updates the guard rejects "
+                    "are refused under differential privacy; set attack.allow_with_dp: true to run both"
                 )
         if self.privacy.secagg:
             if [s.name for s in self.strategies if s.name != "fedavg"] or self.privacy.dp != "none":

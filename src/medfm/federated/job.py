@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from medfm.config import config_to_dict
+from medfm.errors import ConfigError
 from medfm.federated.apps import make_client_app, make_server_app, saved_rounds
 from medfm.federated.baselines import run_baselines
 from medfm.federated.config import FederateConfig, StrategyConfig
@@ -65,7 +66,7 @@ def run_strategy(config: FederateConfig, strategy: StrategyConfig, run_dir: Path
         return json.loads(done.read_text())
     output.mkdir(parents=True, exist_ok=True)
     server = make_server_app(str(run_dir / "config.yaml"), strategy.label, str(federation), str(output))
-    client = make_client_app(str(federation))
+    client = make_client_app(str(federation), inject_faults=True)
     log.info(
         "federating with %s (%s runtime, %d clients, %d rounds)",
         strategy.label,
@@ -94,7 +95,13 @@ def run_strategy(config: FederateConfig, strategy: StrategyConfig, run_dir: Path
 
 
 def prepare_run(config: FederateConfig) -> Path:
-    """The run folder with its resolved config and prepared files, nothing trained (for deployments)."""
+    """The run folder with its resolved config and prepared files, nothing trained (for deployments, whose
+    clients never inject faults: an attack setting is refused)."""
+    if config.attack.kind != "none":
+        raise ConfigError(
+            f"attack {config.attack.kind!r} runs only in medfm's simulation and in-process runtimes; a "
+            "deployment's clients ignore it: prepare with attack.kind=none"
+        )
     run_dir = Path(config.output) / config.name
     Run.create(run_dir, config, seeds={"federation": config.seed})
     prepared(config, run_dir / "federation")

@@ -1,6 +1,6 @@
 """The federation report: test AUROC with subject-bootstrap intervals for every strategy and baseline, the
 federation's gap to centralised training (paired bootstrap), AUROC by round, per-client scores, every
-rejected or missing update, the partitions, and the privacy spent.
+rejected or missing update and refused round, the partitions, and each strategy's privacy spent.
 
 Written as ``federation.md`` and ``report.html`` beside ``results.csv``, ``rounds.csv``, ``clients.csv``,
 ``events.csv`` and ``figures/``.
@@ -194,6 +194,20 @@ def client_view(clients: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return view.map(fmt)
 
 
+def privacy_table(config: FederateConfig, rounds: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """Each strategy's (epsilon, delta) over the private releases its rounds made, and the rounds it
+    refused (empty without DP)."""
+    if config.privacy.dp == "none" or not len(rounds):
+        return pd.DataFrame()
+    rows = []
+    for strategy, part in rounds.groupby("strategy", sort=False):
+        mine = events[events["strategy"] == strategy] if len(events) else events
+        refused = int((mine["event"] == "refused").sum()) if len(mine) else 0
+        releases = int(part.sort_values("round")["dp_releases"].iloc[-1])
+        rows.append({"strategy": strategy, **privacy_spent(config, releases), "refused_rounds": refused})
+    return pd.DataFrame(rows)
+
+
 def write_report(
     config: FederateConfig, run_dir: Path, timings: list[dict], baselines: list[dict]
 ) -> dict[str, Any]:
@@ -273,7 +287,7 @@ def write_report(
         parts.append(("Clients' own test sets (last round)", [client_view(clients, info["clients"])]))
     parts.append(
         (
-            "Rejected, failed and missing updates",
+            "Rejected, failed and missing updates, refused rounds",
             [
                 events.map(fmt)
                 if len(events)
@@ -281,8 +295,16 @@ def write_report(
             ],
         )
     )
-    spent = privacy_spent(config)
-    privacy: list = [pd.DataFrame([spent]).map(fmt)] if spent else []
+    spent = privacy_table(config, rounds, events)
+    privacy: list = (
+        [
+            "Epsilon over the rounds aggregated with noise; a refused round (a sampled client's update "
+            "missing) released nothing and kept the global model.",
+            spent.map(fmt),
+        ]
+        if len(spent)
+        else []
+    )
     if config.privacy.secagg:
         bound = config.privacy.secagg_clipping_range
         privacy.append(
@@ -294,4 +316,8 @@ def write_report(
         parts.append(("Privacy", privacy))
     parts.append(("Timing", [pd.DataFrame(timings).map(fmt) if timings else "(no strategy ran)"]))
     write_document(run_dir, f"Federation {config.name}", parts, "federation.md", "report.html")
-    return {"results": results.to_dict("records"), "gaps": gap.to_dict("records"), "privacy": spent}
+    return {
+        "results": results.to_dict("records"),
+        "gaps": gap.to_dict("records"),
+        "privacy": spent.to_dict("records"),
+    }

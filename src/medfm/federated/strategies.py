@@ -7,6 +7,8 @@ FedAdam, FedYogi, FedMedian, Krum, trimmed mean) with the federation's sampling 
 * rejects an update whose tensors differ in name or shape from the global model's, hold NaN or Inf, or
   come without a positive example count, with a log line naming the client, and goes on with the rest;
 * records failed replies and sampled clients that never answered (a SuperNode gone mid-round);
+* under differential privacy, records a round that Flower's accounted DP wrapper refuses because fewer
+  valid updates than sampled clients are left (the global model stays as it was);
 * aggregates each task's tensors over the clients that trained that task, weighted by their examples of
   it, so a client without a task does not pull that task's weights back to the old ones.
 """
@@ -105,18 +107,19 @@ class GuardedStrategy(Strategy):
     """Per-task Flower strategies behind update checks (see the module docstring).
 
     ``make_strategy`` builds one inner strategy; ``task_keys`` maps each task to its tensor names;
-    ``equal_weights`` averages clients equally (differential privacy needs it) instead of by examples.
-    ``events`` collects what the guard saw, one dict per rejected, failed or missing update.
+    ``private``: the inner strategies are Flower's accounted DP wrappers, so clients weigh equally (not by
+    examples) and a round the wrapper refuses is recorded as refused.
+    ``events`` collects what the guard saw, one dict per rejected, failed or missing update or refused round.
     """
 
     def __init__(
         self,
         make_strategy: Callable[[], Strategy],
         task_keys: dict[str, list[str]],
-        equal_weights: bool = False,
+        private: bool = False,
     ):
         self.task_keys = task_keys
-        self.equal_weights = equal_weights
+        self.private = private
         self.inner = {task: make_strategy() for task in task_keys}
         self.primary = self.inner[next(iter(task_keys))]
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -189,29 +192,49 @@ class GuardedStrategy(Strategy):
         # aggregate (floating point) the same on every run.
         return sorted(good, key=client_of)
 
+    def task_updates(self, good: list[Message], task: str) -> list[Message]:
+        """The replies of the clients that trained ``task``, cut to its tensors and weighted."""
+        held = []
+        for reply in good:
+            metrics = next(iter(reply.content.metric_records.values()))
+            examples = metrics.get(f"{WEIGHT}/{task}", 0)
+            if examples > 0:
+                arrays = next(iter(reply.content.array_records.values()))
+                weight = 1 if self.private else examples
+                part = RecordDict(
+                    {"arrays": self._subset(arrays, task), "metrics": MetricRecord({WEIGHT: weight})}
+                )
+                held.append(with_content(reply, part))
+        return held
+
+    def refuse(self, server_round: int, valid: int) -> tuple[None, None]:
+        """Record a round the DP wrapper refused: its noise is calibrated to every sampled client."""
+        reason = (
+            f"differential privacy needs the updates of all {len(self.sent)} sampled clients, "
+            f"{valid} were valid; no update and no noise released"
+        )
+        log.warning(
+            "round %d: refused to aggregate: %s; the global model stays as it was", server_round, reason
+        )
+        self._note(server_round, "refused", -1, -1, reason)
+        return None, None
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         good = self.accepted(server_round, replies)
-        if not good or self.current is None:
+        # A private round goes to the DP wrapper even when empty: it alone decides a release.
+        if self.current is None or not (good or self.private):
             log.warning("round %d: no update to aggregate; the global model stays as it was", server_round)
             return None, None
         merged = dict(self.current.items())
         for task, strategy in self.inner.items():
-            held = []
-            for reply in good:
-                metrics = next(iter(reply.content.metric_records.values()))
-                examples = metrics.get(f"{WEIGHT}/{task}", 0)
-                if examples > 0:
-                    arrays = next(iter(reply.content.array_records.values()))
-                    weight = 1 if self.equal_weights else examples
-                    part = RecordDict(
-                        {"arrays": self._subset(arrays, task), "metrics": MetricRecord({WEIGHT: weight})}
-                    )
-                    held.append(with_content(reply, part))
-            if not held:
+            held = self.task_updates(good, task)
+            if not (held or self.private):
                 continue
             arrays, _ = strategy.aggregate_train(server_round, held)
+            if arrays is None and self.private:
+                return self.refuse(server_round, len(good))
             if arrays is not None:
                 merged.update(arrays.items())
         return ArrayRecord({key: merged[key] for key in self.current}), weighted_metrics(good)
