@@ -45,3 +45,12 @@ def test_a_resumed_run_keeps_earlier_segments_and_metrics_up_to_its_step(tmp_pat
     assert third.provenance["resumed_from_step"] == 2
     segments = third.provenance["earlier_segments"]
     assert len(segments) == 2 and segments[0]["summary"] == {"loss": 3.0}
+
+
+def test_fingerprint_leaves_the_secrets_folder_out(tmp_path):
+    (tmp_path / "catalog.parquet").write_bytes(b"rows")
+    before = fingerprint_path(tmp_path)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "subject_salt").write_text("a key that no digest may reveal")
+    after = fingerprint_path(tmp_path)
+    assert after["blake2b"] == before["blake2b"] and after["files"] == 1

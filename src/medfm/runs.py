@@ -17,6 +17,8 @@ from typing import Any
 
 from medfm.config import save_config
 
+SECRETS = "secrets"  # a folder of keys inside a run or corpus folder, never fingerprinted
+
 # Packages whose versions decide what a run computes; others are recorded only if asked for.
 TRACKED_PACKAGES = (
     "medfm",
@@ -64,9 +66,15 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 
 
 def fingerprint_path(path: str | Path, chunk: int = 1 << 20) -> dict[str, Any]:
-    """A content fingerprint of a file or a folder: BLAKE2b over sorted relative paths and bytes."""
+    """A content fingerprint of a file or a folder: BLAKE2b over sorted relative paths and bytes.
+
+    A folder's ``secrets/`` (a corpus's pseudonym salt) is left out: a digest over a key published in a
+    provenance file would let anyone test guesses of the key."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).parts[0] != SECRETS)
     digest = hashlib.blake2b(digest_size=16)
     n_bytes = 0
     for file in files:

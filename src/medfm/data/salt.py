@@ -18,9 +18,10 @@ import secrets
 from pathlib import Path
 
 from medfm.errors import ConfigError
+from medfm.runs import SECRETS
 
 SALT_ENV = "MEDFM_SUBJECT_SALT"
-SALT_FILE = Path("secrets") / "subject_salt"  # relative to the corpus folder
+SALT_FILE = Path(SECRETS) / "subject_salt"  # relative to the corpus folder
 
 
 def new_salt() -> str:
