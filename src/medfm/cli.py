@@ -21,7 +21,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Medical data: sources, corpus building, data cards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 pcs_app = typer.Typer(
-    help="Veridical (PCS) analysis: run a stage under a grid of judgment calls; reproduce a row.",
+    help="Veridical (PCS) analysis: run a stage under a grid of judgment calls, report, reproduce a row.",
     no_args_is_help=True,
 )
 app.add_typer(pcs_app, name="pcs")
@@ -326,6 +326,19 @@ def continual(
 
     run_dir = run_continual(load_config(ContinualConfig, config, overrides or []))
     console.print(f"[bold green]continual-learning report:[/] {run_dir / 'continual.md'}")
+
+
+@pcs_app.command("report")
+@friendly_errors
+def pcs_report(
+    run: Annotated[Path, typer.Argument(help="a folder written by `medfm pcs run` (or its stored tables)")],
+    overrides: Overrides = None,
+) -> None:
+    """Write a finished grid's summaries and PCS report again from its stored results; no cell runs."""
+    from medfm.pcs.runner import rebuild_report
+
+    paths = rebuild_report(run, overrides or [])
+    console.print(f"[bold green]PCS report:[/] {paths['report.html']}  ({paths['pcs.md']})")
 
 
 @pcs_app.command("reproduce")

@@ -1,5 +1,6 @@
 """A grid end to end on a folder of images and a tiny bundle: tidy table, check, summaries, report,
-resume, and `medfm pcs reproduce` (which must also notice a row that does not match)."""
+resume, `medfm pcs report` (the report again from stored results) and `medfm pcs reproduce` (which must
+also notice a row that does not match)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,7 +20,7 @@ from medfm.models.bundle import save_bundle
 from medfm.models.encoders import create_encoder
 from medfm.pcs.grid import load_grid
 from medfm.pcs.reproduce import reproduce
-from medfm.pcs.runner import read_rows, run_grid
+from medfm.pcs.runner import read_rows, rebuild_report, run_grid
 from medfm.pcs.stability import UNIT
 
 
@@ -102,7 +104,7 @@ def test_grid_writes_a_tidy_table_summaries_and_the_report(finished):
             & (table.eval_set == "test")
         ]
 
-    probe = probe_auroc_on_test(pd.read_csv(out / "stability.csv", keep_default_na=False))
+    probe = probe_auroc_on_test(pd.read_csv(out / "stability_passing.csv", keep_default_na=False))
     kept = probe_auroc_on_test(results[results.passed])
     assert probe["cells"].item() == len(kept)
     assert probe["mean"].item() == pytest.approx(kept["value"].mean())
@@ -131,6 +133,69 @@ def test_grid_writes_a_tidy_table_summaries_and_the_report(finished):
     assert report.count("<img") == 2 and "medfm pcs reproduce" in (out / "pcs.md").read_text()
     provenance = json.loads((out / "provenance.json").read_text())
     assert {"task image_folder", "encoder"} == set(provenance["data"])
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={c: str for c in UNIT}).fillna({c: "" for c in UNIT})
+
+
+def test_summaries_cover_every_cell_and_the_passing_view_is_a_table_of_its_own(finished):
+    out = finished / "pcs"
+    results = read_rows(out / "results.csv")
+    scored = results[results["value"].notna()]
+    unit = list(UNIT)
+
+    def expected(rows):
+        grouped = rows.groupby(unit)
+        return grouped.agg(cells=("value", "size"), mean=("value", "mean")).join(
+            scored.groupby(unit).agg(n_pass=("passed", "sum"), pass_rate=("passed", "mean"))
+        )
+
+    for name, rows in (("stability", scored), ("stability_passing", scored[scored["passed"]])):
+        table = read_summary(out / f"{name}.csv").set_index(unit).sort_index()
+        want = expected(rows).sort_index()
+        assert list(table.index) == list(want.index), name  # every unit with a value, no more
+        assert table["cells"].tolist() == want["cells"].tolist()
+        assert table["n_pass"].tolist() == want["n_pass"].tolist()
+        np.testing.assert_allclose(table[["mean", "pass_rate"]], want[["mean", "pass_rate"]], rtol=1e-12)
+
+    runs = results[["cell", "model", "protocol", "passed"]].drop_duplicates()
+    agreement = read_summary(out / "agreement.csv").set_index(["model", "protocol"]).sort_index()
+    passing = read_summary(out / "agreement_passing.csv").set_index(["model", "protocol"])
+    assert len(agreement) == runs.groupby(["model", "protocol"]).ngroups  # every model, passing or not
+    assert (agreement["raters"] == 8).all()
+    assert agreement["n_pass"].tolist() == runs.groupby(["model", "protocol"])["passed"].sum().tolist()
+    assert (passing["raters"] == passing["n_pass"]).all() and set(passing.index) <= set(agreement.index)
+    for name in ("effects", "ranks", "wins"):
+        assert {"n_pass", "pass_rate"} <= set(read_summary(out / f"{name}_passing.csv").columns)
+    markdown = (out / "pcs.md").read_text()
+    assert "pass)" in markdown and markdown.count("**Passing cells only**") == 5
+
+
+def test_the_report_is_rebuilt_from_stored_results_without_running_a_cell(finished_copy):
+    out = finished_copy / "pcs"
+    ran = {name: read_summary(out / f"{name}.csv") for name in ("stability", "ranks_passing", "agreement")}
+    record = out / "cells" / "c3" / "cell.json"
+    before = record.stat().st_mtime_ns
+    (out / "pcs.md").unlink()
+    result = CliRunner().invoke(app, ["pcs", "report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert record.stat().st_mtime_ns == before and (out / "pcs.md").is_file()
+    for name, table in ran.items():
+        pd.testing.assert_frame_equal(read_summary(out / f"{name}.csv"), table)
+
+    # Only the tables kept (as in results/): agreement is reused as stored, the rest computed again.
+    stored_passing = read_summary(out / "agreement_passing.csv")
+    shutil.rmtree(out / "cells")
+    (out / "agreement.csv").unlink()
+    paths = rebuild_report(out)
+    pd.testing.assert_frame_equal(read_summary(paths["stability.csv"]), ran["stability"])
+    pd.testing.assert_frame_equal(read_summary(paths["agreement_passing.csv"]), stored_passing)
+    assert read_summary(paths["agreement.csv"]).empty
+    assert "no predicted test labels of these cells are stored" in paths["pcs.md"].read_text()
+
+    missing = CliRunner().invoke(app, ["pcs", "report", str(finished_copy / "nowhere")])
+    assert missing.exit_code == 2 and "not a finished PCS run folder" in missing.output
 
 
 def test_a_finished_grid_resumes_without_running_its_cells_again(finished_copy):

@@ -124,7 +124,7 @@ def test_axis_effects_per_axis(grid):
     assert effects.loc["size", "share"] == pytest.approx(0.01215 / TOTAL_SS)
 
 
-def test_failed_checks_and_missing_values_do_not_count(grid):
+def test_missing_values_do_not_count_and_a_failed_check_only_leaves_the_passing_view(grid):
     extra = pd.DataFrame(
         [
             unit_row(cell="seed=3,size=256", seed="3", size="256", value=0.01, passed=False),
@@ -132,8 +132,85 @@ def test_failed_checks_and_missing_values_do_not_count(grid):
         ]
     )
     noisy = pd.concat([grid, extra], ignore_index=True)
-    pd.testing.assert_frame_equal(stability_table(noisy, AXES), stability_table(grid, AXES))
-    pd.testing.assert_frame_equal(axis_effects(noisy, AXES), axis_effects(grid, AXES))
+    passing = stability_table(noisy, AXES, passing_only=True)
+    expected = stability_table(grid, AXES).assign(n_pass=6, pass_rate=6 / 7)
+    pd.testing.assert_frame_equal(passing, expected)
+    pd.testing.assert_frame_equal(
+        axis_effects(noisy, AXES, passing_only=True), axis_effects(grid, AXES).assign(pass_rate=6 / 7)
+    )
+    everything = stability_table(noisy, AXES).iloc[0]
+    assert (everything["cells"], everything["n_pass"]) == (7, 6)
+    assert everything["min"] == 0.01 and everything["mean"] == pytest.approx((5.19 + 0.01) / 7)
+
+
+# Four seeds, three models: "steady" always passes its check, "shaky" passes in seeds 0 and 2, "never" in
+# none. Values per seed (AUROC on test):
+CHECKED = {
+    "steady": ([0.90, 0.91, 0.92, 0.93], [True] * 4),
+    "shaky": ([0.85, 0.60, 0.87, 0.62], [True, False, True, False]),
+    "never": ([0.70, 0.71, 0.72, 0.73], [False] * 4),
+}
+STEADY, SHAKY, NEVER = (f"{name} / linear" for name in CHECKED)
+
+
+@pytest.fixture
+def checked() -> pd.DataFrame:
+    rows = [
+        unit_row(cell=f"seed={seed}", seed=str(seed), model=model, value=value, passed=passed)
+        for model, (values, verdicts) in CHECKED.items()
+        for seed, (value, passed) in enumerate(zip(values, verdicts))
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_stability_covers_every_cell_with_the_pass_rate_beside_it(checked):
+    table = stability_table(checked, ["seed"]).set_index("model")
+    assert list(table.index) == ["never", "shaky", "steady"]  # a model that never passes is kept
+    assert table["cells"].tolist() == [4, 4, 4]
+    assert table["n_pass"].tolist() == [0, 2, 4]
+    assert table["pass_rate"].tolist() == [0.0, 0.5, 1.0]
+    assert table.loc["shaky", "mean"] == pytest.approx((0.85 + 0.60 + 0.87 + 0.62) / 4)
+    assert (table.loc["shaky", "min"], table.loc["never", "max"]) == (0.60, 0.73)
+
+    passing = stability_table(checked, ["seed"], passing_only=True).set_index("model")
+    assert list(passing.index) == ["shaky", "steady"]
+    assert passing["cells"].tolist() == [2, 4]
+    assert passing["n_pass"].tolist() == [2, 4] and passing["pass_rate"].tolist() == [0.5, 1.0]
+    assert passing.loc["shaky", "mean"] == pytest.approx((0.85 + 0.87) / 2)
+    assert passing.loc["shaky", "min"] == 0.85  # the failing cells' low tail is gone
+
+
+def test_axis_effects_cover_every_cell(checked):
+    effects = axis_effects(checked, ["seed"]).set_index("model")
+    assert list(effects.index) == ["never", "shaky", "steady"]
+    assert effects.loc["shaky", "alternatives"] == 4 and effects.loc["never", "pass_rate"] == 0.0
+    passing = axis_effects(checked, ["seed"], passing_only=True).set_index("model")
+    assert list(passing.index) == ["shaky", "steady"] and passing.loc["shaky", "alternatives"] == 2
+
+
+def test_ranks_and_wins_cover_every_cell_with_pass_rates(checked):
+    ranks = rank_stability(checked, ["seed"]).set_index("model")
+    # Every seed ranks steady > shaky > never, except seeds 1 and 3 where shaky (0.60, 0.62) is last.
+    assert ranks.loc[[STEADY, SHAKY, NEVER], "cells"].tolist() == [4, 4, 4]
+    assert ranks.loc[[STEADY, SHAKY, NEVER], "mean_rank"].tolist() == pytest.approx([1, 2.5, 2.5])
+    assert ranks.loc[[STEADY, SHAKY, NEVER], "n_pass"].tolist() == [4, 2, 0]
+    assert ranks.loc[[STEADY, SHAKY, NEVER], "pass_rate"].tolist() == [1.0, 0.5, 0.0]
+    assert ranks.loc[STEADY, "ranking_holds"] == 0.5
+
+    passing = rank_stability(checked, ["seed"], passing_only=True).set_index("model")
+    assert set(passing.index) == {STEADY, SHAKY}
+    assert passing.loc[[STEADY, SHAKY], "cells"].tolist() == [2, 2]  # seeds 0 and 2 hold both
+    assert passing.loc[[STEADY, SHAKY], "mean_rank"].tolist() == [1.0, 2.0]
+    assert passing.loc[[STEADY, SHAKY], "pass_rate"].tolist() == [1.0, 0.5]
+
+    wins = pairwise_wins(checked, ["seed"]).set_index(["model", "versus"])
+    assert len(wins) == 6  # every ordered pair, the never-passing model's included
+    assert wins.loc[(SHAKY, NEVER), "wins"] == 0.5 and wins.loc[(SHAKY, NEVER), "cells"] == 4
+    assert wins.loc[(SHAKY, NEVER), ["n_pass", "pass_rate"]].tolist() == [0, 0.0]
+    assert wins.loc[(STEADY, SHAKY), ["n_pass", "pass_rate"]].tolist() == [2, 0.5]
+    passing_wins = pairwise_wins(checked, ["seed"], passing_only=True).set_index(["model", "versus"])
+    assert set(passing_wins.index) == {(STEADY, SHAKY), (SHAKY, STEADY)}
+    assert passing_wins.loc[(STEADY, SHAKY), ["wins", "cells", "n_pass"]].tolist() == [1.0, 2, 2]
 
 
 def test_constant_values_have_no_top_axis_share(grid):

@@ -3,7 +3,9 @@
 Sections: the grid and its prediction check; predictability (validation and test per model); stability
 (distribution of each metric per axis, as figures and a table, with the axis that moves it most); rank
 stability and pairwise wins; agreement of predictions across cells; computability; the data and model
-cards; and the reproducibility record with the command that re-runs a row.
+cards; and the reproducibility record with the command that re-runs a row. Each summary is shown over
+all cells, with how many of the cells behind each number passed the prediction check, and again over
+the passing cells only, labelled as such.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ def _label(row: pd.Series | dict) -> str:
     return f"{row['model']} / {row['protocol']}{setting}"
 
 
+def _mark_passes(view: pd.DataFrame, table: pd.DataFrame, column: str, passing_only: bool) -> pd.DataFrame:
+    """Over all cells, ``column`` with how many of the cells behind each number passed the check
+    ("0.910 (14/16 pass)"); over passing cells only, a "pass rate" column (among all cells with a value)."""
+    if passing_only:
+        return view.assign(**{"pass rate": [f"{rate:.0%}" for rate in table["pass_rate"]]})
+    cells = table["raters"] if "raters" in table else table["cells"]
+    marked = [f"{value} ({n}/{c} pass)" for value, n, c in zip(view[column], table["n_pass"], cells)]
+    return view.assign(**{column: marked})
+
+
 def whole_set_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Rows of ``split`` over all subjects (and, on test, the whole test set rather than a named subset)."""
     keep = (table["split"] == split) & (table["subgroup"] == "all")
@@ -44,7 +56,8 @@ def whole_set_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 def predictability(results: pd.DataFrame, stability: pd.DataFrame, grid: Grid) -> pd.DataFrame:
-    """Per model: its validation score on the check metric, how many cells passed, test metrics."""
+    """Per model: its validation score on the check metric, how many cells passed, and its test metrics
+    (mean ± sd) over the cells summarised in ``stability``."""
     check = grid.config.check.metric or next(iter(grid.config.report_metrics), grid.stage.metrics[0])
     val = whole_set_rows(results, "val")
     val = val[val["metric"] == check]
@@ -73,10 +86,10 @@ def predictability(results: pd.DataFrame, stability: pd.DataFrame, grid: Grid) -
     return pd.DataFrame(rows)
 
 
-def stability_view(stability: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def stability_view(stability: pd.DataFrame, metrics: list[str], passing_only: bool = False) -> pd.DataFrame:
     test = whole_set_rows(stability)
     test = test[test["metric"].isin(metrics)]
-    return pd.DataFrame(
+    view = pd.DataFrame(
         {
             "task": test["task"],
             "model": test.apply(_label, axis=1),
@@ -92,6 +105,7 @@ def stability_view(stability: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
             ],
         }
     )
+    return _mark_passes(view, test, "mean", passing_only)
 
 
 def effects_view(effects: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -106,14 +120,15 @@ def effects_view(effects: pd.DataFrame, metric: str) -> pd.DataFrame:
             "sd of alternative means": test["effect_sd"].map(lambda v: _fmt(v, 4)),
             "range of alternative means": test["effect_range"].map(lambda v: _fmt(v, 4)),
             "share of variance": test["share"].map(lambda v: f"{v:.0%}"),
+            "pass rate": test["pass_rate"].map(lambda v: f"{v:.0%}"),
         }
     )
 
 
-def ranks_view(ranks: pd.DataFrame, metric: str) -> pd.DataFrame:
-    test = ranks[(ranks["split"] == "test") & (ranks["eval_set"] == "test") & (ranks["subgroup"] == "all")]
+def ranks_view(ranks: pd.DataFrame, metric: str, passing_only: bool = False) -> pd.DataFrame:
+    test = whole_set_rows(ranks)
     test = test[test["metric"] == metric].sort_values(["task", "mean_rank"])
-    return pd.DataFrame(
+    view = pd.DataFrame(
         {
             "task": test["task"],
             "model": test["model"],
@@ -124,10 +139,20 @@ def ranks_view(ranks: pd.DataFrame, metric: str) -> pd.DataFrame:
             "modal ranking holds in": test["ranking_holds"].map(lambda v: f"{v:.0%}"),
         }
     )
+    return _mark_passes(view, test, "mean rank", passing_only)
 
 
-def agreement_view(agreement: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
+def wins_view(wins: pd.DataFrame, metric: str, passing_only: bool = False) -> pd.DataFrame:
+    test = whole_set_rows(wins)
+    test = test[test["metric"] == metric]
+    view = test[["task", "model", "versus", "wins", "cells"]].assign(
+        wins=test["wins"].map(lambda v: f"{v:.0%}")
+    )
+    return _mark_passes(view, test, "wins", passing_only)
+
+
+def agreement_view(agreement: pd.DataFrame, passing_only: bool = False) -> pd.DataFrame:
+    view = pd.DataFrame(
         {
             "task": agreement["task"],
             "model": agreement.apply(_label, axis=1) if len(agreement) else [],
@@ -138,6 +163,7 @@ def agreement_view(agreement: pd.DataFrame) -> pd.DataFrame:
             "Fleiss' kappa": agreement["fleiss_kappa"].map(lambda v: _fmt(v, 3)),
         }
     )
+    return _mark_passes(view, agreement, "Fleiss' kappa", passing_only)
 
 
 def compute_views(compute: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -173,9 +199,10 @@ def compute_views(compute: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def draw_stability(results: pd.DataFrame, axes: list[str], task: str, metric: str, path: Path) -> Path:
-    """One panel per axis: every passing cell's test value per alternative, a line through the means."""
+    """One panel per axis: every cell's test value per alternative (hollow where the cell failed the
+    prediction check), a line through the means of all cells."""
     data = whole_set_rows(results)
-    data = data[(data["task"] == task) & (data["metric"] == metric) & data["passed"]]
+    data = data[(data["task"] == task) & (data["metric"] == metric)]
     data = data.assign(label=data.apply(_label, axis=1))
     labels = sorted(data["label"].unique())
     colours = colormaps["tab10"](np.linspace(0, 1, 10))
@@ -188,17 +215,14 @@ def draw_stability(results: pd.DataFrame, axes: list[str], task: str, metric: st
             rows = data[data["label"] == label]
             x = np.array([order.index(v) for v in rows[axis]], dtype=float)
             offset = (i - (len(labels) - 1) / 2) * 0.12
-            panel.scatter(
-                x + offset + rng.uniform(-0.03, 0.03, len(x)),
-                rows["value"],
-                s=12,
-                alpha=0.6,
-                color=colours[i % 10],
-            )
+            colour = colours[i % 10]
+            x = x + offset + rng.uniform(-0.03, 0.03, len(x))
+            passed = rows["passed"].to_numpy(bool)
+            panel.scatter(x[passed], rows["value"][passed], s=12, alpha=0.6, color=colour)
+            # scatter's alpha would also fill a hollow marker, so failing cells get their own call
+            panel.scatter(x[~passed], rows["value"][~passed], s=12, facecolors="none", edgecolors=colour)
             means = rows.groupby(axis)["value"].mean().reindex(order)
-            panel.plot(
-                np.arange(len(order)) + offset, means.values, color=colours[i % 10], label=label, lw=1.2
-            )
+            panel.plot(np.arange(len(order)) + offset, means.values, color=colour, label=label, lw=1.2)
         panel.set_xticks(range(len(order)), order, rotation=30 if len(order) > 4 else 0)
         panel.set_title(axis)
         panel.grid(axis="y", alpha=0.3)
@@ -220,7 +244,11 @@ def demote_headings(markdown: str, levels: int = 2) -> str:
     return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
-def reproducibility_lines(grid: Grid, provenance: dict[str, Any]) -> list[Block]:
+def reproducibility_lines(
+    grid: Grid, provenance: dict[str, Any], cells_folder: Path | None = None
+) -> list[Block]:
+    """The run's code, platform and inputs, and the command that re-runs a cell from ``cells_folder``
+    (the folder holding ``cells/``; default: the grid's output)."""
     git = provenance.get("git", {})
     packages = ", ".join(f"{k} {v}" for k, v in provenance.get("packages", {}).items() if v)
     data = pd.DataFrame(
@@ -229,19 +257,34 @@ def reproducibility_lines(grid: Grid, provenance: dict[str, Any]) -> list[Block]
             for name, d in provenance.get("data", {}).items()
         ]
     )
-    first = grid.cells[0].id
+    first, folder = grid.cells[0].id, cells_folder or grid.output
     return [
         f"- git commit `{git.get('commit')}`" + (" (with uncommitted changes)" if git.get("dirty") else ""),
         f"- Python {provenance.get('python')} on {provenance.get('platform')}; {packages}",
         f"- {grid.config.workers or 1} worker process(es), {grid.config.threads} torch thread(s) each; every "
         "cell's folder holds its resolved config, provenance (seeds) and `cell.json` (choices, costs).",
-        f"- Re-run one row and check it matches: `medfm pcs reproduce {grid.output} --cell {first}` "
+        f"- Re-run one row and check it matches: `medfm pcs reproduce {folder} --cell {first}` "
         "(or `--row N`, a row number of `results.csv`).",
         data,
     ]
 
 
-def sections(grid: Grid, records: list[dict], tables: dict[str, pd.DataFrame], provenance, figures: Path):
+PASSING_NOTE = "**Passing cells only** (a model or protocol that never passes the check is absent):"
+
+
+def both_views(view, table: pd.DataFrame, passing: pd.DataFrame) -> list[Block]:
+    """A summary over all cells, then the same over the passing cells only, each labelled."""
+    return ["**All cells:**", view(table, False), PASSING_NOTE, view(passing, True)]
+
+
+def sections(
+    grid: Grid,
+    records: list[dict],
+    tables: dict[str, pd.DataFrame],
+    provenance,
+    figures: Path,
+    cells_folder: Path | None = None,
+):
     results, axes = tables["results"], list(grid.axes)
     metrics = [m for m in grid.config.report_metrics if m in set(results["metric"])]
     primary = metrics[0] if metrics else str(results["metric"].iloc[0])
@@ -255,53 +298,65 @@ def sections(grid: Grid, records: list[dict], tables: dict[str, pd.DataFrame], p
                 f"Stage `{grid.config.stage}`, {len(grid.cells)} cells "
                 f"({len(ok)} ran, {len(failed)} failed). "
                 f"Axes: {axes_text}.",
-                f"Prediction check: {grid.config.check.describe()}; only (cell, model) runs that pass it "
-                "enter the summaries below.",
+                f"Prediction check: {grid.config.check.describe()}. Every summary covers all cells, with "
+                "how many of the cells behind each number pass the check ('0.910 (14/16 pass)'); a second "
+                "table of each kind keeps only the (cell, model) runs that pass.",
             ],
         ),
-        ("Predictability", [predictability(results, tables["stability"], grid)]),
+        ("Predictability (all cells)", [predictability(results, tables["stability"], grid)]),
     ]
     stability_blocks: list[Block] = []
     for task in dict.fromkeys(results["task"]):
         for metric in metrics[:2]:
             name = f"stability-{task}-{metric}.png".replace("/", "_")
             stability_blocks.append(draw_stability(results, axes, task, metric, figures / name))
-    stability_blocks.append(stability_view(tables["stability"], metrics))
+    stability_blocks.append(
+        "Filled points passed the prediction check, hollow ones did not; lines join the means of all cells."
+    )
+    stability_blocks += both_views(
+        lambda table, passing: stability_view(table, metrics, passing),
+        tables["stability"],
+        tables["stability_passing"],
+    )
     out.append(("Stability (test, all subjects)", stability_blocks))
-    out.append((f"Which judgment call moves {primary} most", [effects_view(tables["effects"], primary)]))
-    wins = tables["wins"]
-    wins = wins[(wins["split"] == "test") & (wins["eval_set"] == "test") & (wins["subgroup"] == "all")]
-    wins = wins[wins["metric"] == primary]
+    effects = [effects_view(tables[name], primary) for name in ("effects", "effects_passing")]
+    out.append(
+        (
+            f"Which judgment call moves {primary} most",
+            ["**All cells:**", effects[0], PASSING_NOTE, effects[1]],
+        )
+    )
     out.append(
         (
             f"Rank stability ({primary})",
             [
-                ranks_view(tables["ranks"], primary),
-                "Pairwise: share of cells in which the first model beats the second.",
-                wins[["task", "model", "versus", "wins", "cells"]].assign(
-                    wins=wins["wins"].map(lambda v: f"{v:.0%}")
-                ),
+                *both_views(lambda t, p: ranks_view(t, primary, p), tables["ranks"], tables["ranks_passing"]),
+                "Pairwise: share of cells in which the first model beats the second (over all cells, in how "
+                "many of them both models pass).",
+                *both_views(lambda t, p: wins_view(t, primary, p), tables["wins"], tables["wins_passing"]),
             ],
         )
     )
-    out.append(("Prediction agreement across cells (test)", [agreement_view(tables["agreement"])]))
+    agreement = both_views(agreement_view, tables["agreement"], tables["agreement_passing"])
+    if tables["agreement"].empty:
+        agreement[1] = "(none: no predicted test labels of these cells are stored here)"
+    out.append(("Prediction agreement across cells (test)", agreement))
     models, totals = compute_views(tables["compute"])
+    energy = tables["compute"]["energy_method"].iloc[0] if "energy_method" in tables["compute"] else ""
     out.append(
         (
             "Computability",
             [
                 models,
                 totals,
-                "Energy is an estimate: "
-                + (ok[0]["cost"]["energy_method"] if ok else "")
-                + ". FLOPs count a multiply-add as 2 (torch's counter).",
+                f"Energy is an estimate: {energy}. FLOPs count a multiply-add as 2 (torch's counter).",
             ],
         )
     )
     cards = grid.stage.cards(grid.cell_config(grid.cells[0]))
     out.append(("Data card", [cards["data"]]))
     out.append(("Model card", [demote_headings(cards["model"])]))
-    out.append(("Reproducibility", reproducibility_lines(grid, provenance)))
+    out.append(("Reproducibility", reproducibility_lines(grid, provenance, cells_folder)))
     if failed:
         out.append(
             (
@@ -345,12 +400,18 @@ def write_document(
 
 
 def write_pcs_report(
-    grid: Grid, records: list[dict], tables: dict[str, pd.DataFrame], provenance
+    grid: Grid,
+    records: list[dict],
+    tables: dict[str, pd.DataFrame],
+    provenance,
+    cells_folder: Path | None = None,
 ) -> dict[str, Path]:
+    """``pcs.md``, ``report.html`` and figures in the grid's output; ``cells_folder``: where the cells
+    that ``medfm pcs reproduce`` re-runs are kept, when not there."""
     out = grid.output
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    parts = sections(grid, records, tables, provenance, figures)
+    parts = sections(grid, records, tables, provenance, figures, cells_folder)
     paths = write_document(out, f"PCS report: {grid.config.name}", parts, "pcs.md", "report.html")
     paths.update({p.relative_to(out).as_posix(): p for p in sorted(figures.glob("*.png"))})
     return paths

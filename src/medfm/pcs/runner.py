@@ -7,7 +7,8 @@ A cell is a call of the top-level :func:`run_cell` with plain, picklable argumen
 cluster scheduler needs: pass its executors (for example Ray's) in ``executors``.
 
 A finished cell leaves ``cells/<id>/cell.json``; running the grid again skips finished cells whose
-choices are unchanged, so a stopped grid resumes.
+choices are unchanged, so a stopped grid resumes. ``medfm pcs report`` (:func:`rebuild_report`) writes
+the summaries and the report of a finished grid again from what it stored, running no cell.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, as_completed
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,13 @@ from medfm.errors import ConfigError
 from medfm.executors import make_executor
 from medfm.log import get_logger, progress, setup_logging
 from medfm.measure import PowerModel, measure
-from medfm.pcs.grid import Cell, Grid, PredictionCheck, save_grid
+from medfm.pcs.grid import Cell, Grid, PredictionCheck, load_grid, save_grid
 from medfm.pcs.stability import (
     NUMBERS,
     UNIT,
     axis_effects,
     pairwise_wins,
+    pass_counts,
     prediction_agreement,
     rank_stability,
     stability_table,
@@ -47,6 +50,8 @@ log = get_logger("pcs")
 CELL_FILE = "cell.json"
 PREDICTED_FILE = "predicted.npz"
 RUN_UNIT = ("task", "model", "protocol", "setting")  # what a prediction check passes or fails
+AGREEMENT = ("raters", "items", "disagreement", "pairwise_disagreement", "fleiss_kappa")
+PASSING = "_passing"  # suffix of a summary over the cells that passed the check only
 
 
 def start_worker(threads: int) -> None:
@@ -189,7 +194,7 @@ def passed_units(rows: pd.DataFrame, check: PredictionCheck) -> pd.Series:
     unchecked = {tuple(r) for r in rows[keys].itertuples(index=False)} - set(verdict)
     if unchecked:
         runs = sorted({" / ".join(map(str, u[1:4])) for u in unchecked})
-        log.warning("no validation %s for %s: left out of the summaries", check.metric, "; ".join(runs))
+        log.warning("no validation %s for %s: counted as failing the check", check.metric, "; ".join(runs))
     return pd.Series(
         [verdict.get(tuple(r), False) for r in rows[keys].itertuples(index=False)], index=rows.index
     )
@@ -213,9 +218,12 @@ def results_table(grid: Grid, records: list[dict]) -> pd.DataFrame:
     return table[[c for c in lead if c in table] + [c for c in table if c not in lead]]
 
 
-def agreement_table(grid: Grid, records: list[dict], results: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, model, protocol, setting): agreement of the predicted labels of every passing cell on
-    the test examples all of them predicted."""
+def agreement_table(
+    grid: Grid, records: list[dict], results: pd.DataFrame, passing_only: bool = False
+) -> pd.DataFrame:
+    """Per (task, model, protocol, setting): agreement of the predicted labels of every cell (or, with
+    ``passing_only``, every passing cell) on the test examples all of them predicted, and the share of
+    cells that passed the check (``with_run_pass_counts``)."""
     passed = {tuple(r) for r in results.loc[results["passed"], ["cell", *RUN_UNIT]].itertuples(index=False)}
     raters: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for record in records:
@@ -223,7 +231,7 @@ def agreement_table(grid: Grid, records: list[dict], results: pd.DataFrame) -> p
             continue
         for pred in load_predicted(grid.output / "cells" / record["cell"] / PREDICTED_FILE):
             unit = tuple(pred.unit[k] for k in RUN_UNIT)
-            if (record["cell"], *unit) in passed:
+            if not passing_only or (record["cell"], *unit) in passed:
                 raters[unit].append((pred.sample_ids, pred.labels))
     rows = []
     for unit, preds in raters.items():
@@ -238,9 +246,16 @@ def agreement_table(grid: Grid, records: list[dict], results: pd.DataFrame) -> p
             matrix.append(picked.reshape(-1))  # multi-label: every (example, label) is an item
         stats = prediction_agreement(np.stack(matrix))
         rows.append({**dict(zip(RUN_UNIT, unit)), **stats})
-    return pd.DataFrame(
-        rows, columns=[*RUN_UNIT, "raters", "items", "disagreement", "pairwise_disagreement", "fleiss_kappa"]
-    )
+    return with_run_pass_counts(pd.DataFrame(rows, columns=[*RUN_UNIT, *AGREEMENT]), results)
+
+
+def with_run_pass_counts(table: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (one row per task, model, protocol, setting) with ``n_pass`` and ``pass_rate``: how many
+    of the cells that ran it passed the check, after its ``raters``."""
+    runs = results[["cell", *RUN_UNIT, "passed"]].drop_duplicates()
+    counts = pass_counts(runs, list(RUN_UNIT))
+    out = table.merge(counts, on=list(RUN_UNIT), how="left")
+    return out[[*RUN_UNIT, "raters", "n_pass", "pass_rate", *AGREEMENT[1:]]]
 
 
 def compute_table(grid: Grid, records: list[dict]) -> pd.DataFrame:
@@ -256,18 +271,37 @@ def compute_table(grid: Grid, records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summary_tables(
+    grid: Grid, results: pd.DataFrame, agreement: Callable[[bool], pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """Each summary over every cell (``stability``, ...) and over the passing cells only
+    (``stability_passing``, ...); ``agreement(passing_only)`` gives the agreement tables."""
+    axes = list(grid.axes)
+    tables = {}
+    for suffix, passing_only in (("", False), (PASSING, True)):
+        tables[f"stability{suffix}"] = stability_table(results, axes, passing_only)
+        tables[f"effects{suffix}"] = axis_effects(results, axes, passing_only)
+        tables[f"ranks{suffix}"] = rank_stability(results, axes, passing_only=passing_only)
+        tables[f"wins{suffix}"] = pairwise_wins(results, axes, passing_only=passing_only)
+        tables[f"agreement{suffix}"] = agreement(passing_only)
+    return tables
+
+
 def summarise(grid: Grid, records: list[dict]) -> dict[str, pd.DataFrame]:
     results = results_table(grid, records)
-    axes = list(grid.axes)
     return {
         "results": results,
-        "stability": stability_table(results, axes),
-        "effects": axis_effects(results, axes),
-        "ranks": rank_stability(results, axes),
-        "wins": pairwise_wins(results, axes),
-        "agreement": agreement_table(grid, records, results),
+        **summary_tables(grid, results, lambda passing: agreement_table(grid, records, results, passing)),
         "compute": compute_table(grid, records),
     }
+
+
+def write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    paths = {}
+    for name, table in tables.items():
+        paths[f"{name}.csv"] = out / f"{name}.csv"
+        table.to_csv(paths[f"{name}.csv"], index=False)
+    return paths
 
 
 def run_grid(grid: Grid, executors: list[Executor] | None = None, *, rerun: bool = False) -> dict[str, Path]:
@@ -303,10 +337,7 @@ def run_grid(grid: Grid, executors: list[Executor] | None = None, *, rerun: bool
     for record in records:
         run.log(cell=record["cell"], status=record["status"], **record["choices"], **record.get("cost", {}))
     tables = summarise(grid, records)
-    paths = {}
-    for name, table in tables.items():
-        paths[f"{name}.csv"] = out / f"{name}.csv"
-        table.to_csv(paths[f"{name}.csv"], index=False)
+    paths = write_tables(out, tables)
     paths.update(write_pcs_report(grid, records, tables, run.provenance))
     failed = [r["cell"] for r in records if r["status"] != "ok"]
     run.finish(cells=len(records), failed=failed, seconds=round(time.time() - started, 1))
@@ -318,3 +349,65 @@ def run_grid(grid: Grid, executors: list[Executor] | None = None, *, rerun: bool
         paths["report.html"],
     )
     return paths
+
+
+def rebuild_report(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Path]:
+    """Write the summaries and the report of a finished grid again from what it stored; no cell runs.
+
+    Reads ``grid.yaml`` (with ``key=value`` ``overrides``, e.g. where the encoder's card now lies),
+    ``results.csv``, ``compute.csv`` and ``provenance.json``, and the cells' records and predicted labels
+    where ``cells/`` is kept. Without the predicted labels, agreement cannot be computed again: the
+    stored agreement tables are kept as they are, with their pass counts taken from ``results.csv``.
+    """
+    from medfm.pcs.report import write_pcs_report
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "grid.yaml").is_file() or not (run_dir / "results.csv").is_file():
+        raise ConfigError(f"{run_dir} is not a finished PCS run folder (it needs grid.yaml and results.csv)")
+    grid = load_grid(run_dir / "grid.yaml", overrides)
+    # `medfm pcs reproduce` needs the cells: here if kept, else where the grid ran
+    cells_folder = run_dir if (run_dir / "cells").is_dir() else grid.output
+    grid.config.output = str(run_dir)
+    results = read_rows(run_dir / "results.csv")
+    records = stored_records(grid, results)
+    labels_kept = any((run_dir / "cells" / r["cell"] / PREDICTED_FILE).is_file() for r in records)
+    if not labels_kept:
+        log.warning("%s keeps no predicted labels: agreement tables are reused as stored", run_dir)
+
+    def agreement(passing_only: bool) -> pd.DataFrame:
+        if labels_kept:
+            return agreement_table(grid, records, results, passing_only)
+        return stored_agreement(run_dir, results, passing_only)
+
+    tables = summary_tables(grid, results, agreement)
+    paths = write_tables(run_dir, tables)
+    compute = run_dir / "compute.csv"
+    tables |= {"results": results, "compute": pd.read_csv(compute) if compute.is_file() else pd.DataFrame()}
+    provenance = run_dir / "provenance.json"
+    stored = json.loads(provenance.read_text()) if provenance.is_file() else {}
+    paths.update(write_pcs_report(grid, records, tables, stored, cells_folder))
+    return paths
+
+
+def stored_records(grid: Grid, results: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each cell's ``cell.json`` where kept; otherwise a record of its choices whose status says whether
+    ``results.csv`` holds its rows."""
+    ran = set(results["cell"])
+    records = []
+    for cell in grid.cells:
+        record = read_cell(grid.output / "cells" / cell.id)
+        if record is None:
+            record = {"cell": cell.id, "choices": cell.choices, "status": "ok"}
+            if cell.id not in ran:
+                record.update(status="failed", error="no rows in results.csv")
+        records.append(record)
+    return records
+
+
+def stored_agreement(run_dir: Path, results: pd.DataFrame, passing_only: bool) -> pd.DataFrame:
+    """An agreement table as a finished grid stored it (empty when it stored none)."""
+    path = run_dir / f"agreement{PASSING if passing_only else ''}.csv"
+    if not path.is_file():
+        return with_run_pass_counts(pd.DataFrame(columns=[*RUN_UNIT, *AGREEMENT]), results)
+    stored = pd.read_csv(path, dtype={k: str for k in RUN_UNIT}).fillna({k: "" for k in RUN_UNIT})
+    return with_run_pass_counts(stored[[*RUN_UNIT, *AGREEMENT]], results)
