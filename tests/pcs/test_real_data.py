@@ -9,6 +9,7 @@ import pytest
 from medfm.pcs.grid import Grid, GridConfig, PredictionCheck
 from medfm.pcs.reproduce import reproduce
 from medfm.pcs.runner import load_predicted, read_rows, run_grid
+from medfm.pcs.stability import UNIT
 
 
 @pytest.mark.slow
@@ -50,7 +51,16 @@ def test_a_grid_on_pneumoniamnist(data_root, tmp_path):
         for p in load_predicted(tmp_path / "pcs" / "cells" / cell / "predicted.npz")
         if p.unit["protocol"] == "linear_probe"
     ]
-    assert all(ids == tested[0] for ids in tested)  # subsamples and seeds never touch the test patients
-    stability = pd.read_csv(tmp_path / "pcs" / "stability.csv", keep_default_na=False)
-    assert set(stability["cells"]) <= {1, 2, 3, 4}
+    # subsamples and seeds never touch the test patients
+    assert len(tested) == 4 and all(ids == tested[0] for ids in tested)
+    # every number is summarised over exactly the cells that produced it, with their pass count
+    stability = pd.read_csv(tmp_path / "pcs" / "stability.csv", dtype={c: str for c in UNIT})
+    summarised = stability.fillna({c: "" for c in UNIT}).set_index(list(UNIT))[["cells", "n_pass"]]
+    scored = results[results["value"].notna()].groupby(list(UNIT))
+    expected = scored.agg(cells=("cell", "nunique"), n_pass=("passed", "sum"))
+    pd.testing.assert_frame_equal(summarised.sort_index(), expected.sort_index(), check_dtype=False)
+    test_auroc = summarised.xs(
+        ("test", "all", "auroc", "test"), level=["eval_set", "subgroup", "metric", "split"]
+    )
+    assert len(test_auroc) == 2 and (test_auroc["cells"] == 4).all()  # probe and kNN, passing or not
     assert reproduce(tmp_path / "pcs", cell="c3").matches
