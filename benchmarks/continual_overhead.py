@@ -1,11 +1,12 @@
 """What the plugin design costs: replay training through the engine and a strategy's hooks beside a plain
 PyTorch loop doing the same work.
 
-    MEDFM_DATA_ROOT=../shared/data python benchmarks/continual_overhead.py --steps 60
+    MEDFM_DATA_ROOT=../shared/data python benchmarks/continual_overhead.py --steps 20 --rounds 7
 
 One real two-experience stream (PneumoniaMNIST, then PhysioNet 2012 mortality, task-incremental on one
 ``test_vit``-sized or ``--encoder`` trunk). After the first experience fills a reservoir memory, the
-second experience is trained for ``--steps`` steps with replay in two ways:
+second experience is trained for ``--steps`` steps with replay in two ways, once each per round, in
+alternating rounds (``rounds.py``: plain loop, engine, plain loop, engine, ...; at least 7):
 
 - ``medfm engine + hooks``: :class:`medfm.engine.trainer.Trainer` with the replay strategy's hook (what
   ``medfm continual`` runs), AdamW with the cosine schedule, clipping, metrics;
@@ -13,20 +14,18 @@ second experience is trained for ``--steps`` steps with replay in two ways:
   (current examples plus as many remembered ones, drawn from the same buffer), AdamW at a fixed learning
   rate, clipping.
 
-Both start from the same weights and memory. The table prints the median step time, examples per second
-(current plus replayed) and peak resident memory of each, and the engine's ratio to the loop; the JSON
-goes to ``benchmarks/results/continual_overhead-cpu.json``.
+Every round starts both from the same weights and memory. A round's figure is the median step of its run;
+the table prints each side's median over rounds with its spread, the engine's per-round time ratio to the
+loop with its interval and verdict (parity, faster or slower), then examples per second (current plus
+replayed) and peak resident memory; the JSON goes to ``benchmarks/results/continual_overhead-cpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -40,6 +39,7 @@ from medfm.continual.stream import build_stream
 from medfm.engine.hooks import Hook
 from medfm.engine.trainer import Trainer
 from medfm.measure import measure
+from rounds import add_rounds_argument, alternate, summarise, table, write_record
 
 
 class StepTimes(Hook):
@@ -100,12 +100,18 @@ def plain_run(model, stream, strategy, config, steps: int) -> dict:
     return {"step_seconds": intervals, "peak_rss_mb": cost.peak_rss_mb}
 
 
+def median_step(run: dict) -> dict:
+    """A round's figure: the median step (the first step warms up), with the run's peak memory."""
+    return {"seconds": statistics.median(run["step_seconds"][1:]), "peak_rss_mb": run["peak_rss_mb"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=20, help="training steps per side and round")
     parser.add_argument("--encoder", default="vit_micro_patch4")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default="benchmarks/results/continual_overhead-cpu.json")
+    add_rounds_argument(parser)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/continual_overhead-cpu.json"))
     args = parser.parse_args()
     config = ContinualConfig(
         encoder=args.encoder,
@@ -121,46 +127,27 @@ def main() -> None:
     strategy = STRATEGIES.get("replay")(config.strategies[0], stream, 0, args.batch_size)
     strategy.start(model)
     strategy.after_experience(0, model)  # the memory holds the first experience's examples
-    runs = {
-        "plain loop": plain_run(copy.deepcopy(model), stream, strategy, config, args.steps),
-        "medfm engine + hooks": engine_run(copy.deepcopy(model), stream, strategy, config, args.steps),
-    }
-    examples = 2 * args.batch_size
-    reference = statistics.median(runs["plain loop"]["step_seconds"][1:])
-    print(f"{'training':<22} {'median step (s)':>16} {'examples/s':>11} {'ratio':>7} {'peak RSS (MB)':>14}")
-    rows = []
-    for name, run in runs.items():
-        median = statistics.median(run["step_seconds"][1:])  # the first step warms up
-        rows.append(
-            {
-                "training": name,
-                "median_step_seconds": round(median, 4),
-                "examples_per_second": round(examples / median, 1),
-                "ratio_to_plain": round(median / reference, 3),
-                "peak_rss_mb": round(run["peak_rss_mb"], 1),
-            }
-        )
-        row = rows[-1]
-        print(
-            f"{name:<22} {median:>16.3f} {row['examples_per_second']:>11.1f} {row['ratio_to_plain']:>7.2f} "
-            f"{row['peak_rss_mb']:>14.0f}"
-        )
-    record = {
-        "benchmark": "continual_overhead",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
-        "torch": torch.__version__,
-        "settings": {"steps": args.steps, "encoder": args.encoder, "batch_size": args.batch_size},
-        "memory_examples": len(strategy.buffer),
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+
+    def side(run):  # every round starts from the same weights and memory (training only samples it)
+        return lambda: median_step(run(copy.deepcopy(model), stream, strategy, config, args.steps))
+
+    sides = {"plain loop": side(plain_run), "medfm engine + hooks": side(engine_run)}
+    summary = summarise(alternate(sides, args.rounds))
+    print(table(summary, "median seconds per training step"))
+    examples = 2 * args.batch_size  # current plus as many replayed
+    rates = {name: round(examples / s["median"], 1) for name, s in summary["seconds"].items()}
+    peaks = {name: max(r["peak_rss_mb"] for r in runs) for name, runs in summary["per_round"].items()}
+    for name in sides:
+        print(f"{name:<22} {rates[name]:>8.1f} examples/s  peak RSS {peaks[name]:.0f} MB")
+    write_record(
+        args.out,
+        "continual_overhead",
+        vars(args),
+        summary,
+        memory_examples=len(strategy.buffer),
+        examples_per_second=rates,
+        peak_rss_mb=peaks,
+    )
 
 
 if __name__ == "__main__":

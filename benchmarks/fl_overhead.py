@@ -1,9 +1,11 @@
 """What Flower costs: wall time per federated round through Flower beside a plain in-process FedAvg loop.
 
-    MEDFM_DATA_ROOT=../shared/data python benchmarks/fl_overhead.py --clients 5 --rounds 5
+    MEDFM_DATA_ROOT=../shared/data python benchmarks/fl_overhead.py --clients 5 --fl-rounds 5 --rounds 7
 
 One prepared federation (ICU mortality, PhysioNet 2012, IID over ``--clients``), one model, one local
-epoch per round, and three ways to run the same FedAvg rounds:
+epoch per round, and three ways to run the same ``--fl-rounds`` FedAvg rounds, each once per measurement
+round, in alternating rounds (``rounds.py``: plain loop, in-process, simulation, plain loop, ...; at least
+7):
 
 - ``flower simulation``: medfm's ServerApp and ClientApp on Flower's Simulation Runtime (Ray actors, one
   core per client, clients side by side);
@@ -14,10 +16,11 @@ epoch per round, and three ways to run the same FedAvg rounds:
   global model on each client's own test examples and on the server's validation and test splits: the
   work a Flower round does.
 
-A round's time is the interval between the server's consecutive end-of-round records (its evaluation
+A federated round's time is the interval between the server's consecutive end-of-round records (its evaluation
 included), so start-up (Ray, process spawn, data loading) is reported apart; the first simulated round
-also starts Ray's actors, so the median round is the figure to compare. The table prints the median
-round and the ratio to the plain loop; the JSON goes to ``benchmarks/results/fl_overhead-cpu.json``.
+also starts Ray's actors, so a run's median federated round is its figure. The table prints each side's
+median over measurement rounds with its spread, the per-round time ratio to the plain loop with its
+interval and verdict (parity, faster or slower); the JSON goes to ``benchmarks/results/fl_overhead-cpu.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +28,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
+import shutil
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -42,6 +44,7 @@ from medfm.federated.local import scores, train_task
 from medfm.federated.model import build_model, exchanged
 from medfm.federated.partition import PartitionConfig
 from medfm.federated.runtime import run_in_process, run_simulated
+from rounds import add_rounds_argument, alternate, summarise, table, write_record
 
 
 def round_times(output: Path) -> list[float]:
@@ -52,6 +55,7 @@ def round_times(output: Path) -> list[float]:
 
 def flower(config: FederateConfig, run_dir: Path, runtime: str) -> dict:
     output = run_dir / f"out-{runtime}"
+    shutil.rmtree(output, ignore_errors=True)  # a fresh run each time, not a resumed one
     federation = str(run_dir / "federation")
     server = make_server_app(str(run_dir / "config.yaml"), "fedavg", federation, str(output))
     client = make_client_app(federation)
@@ -95,19 +99,25 @@ def plain_loop(config: FederateConfig, run_dir: Path) -> dict:
     return {"total_s": time.perf_counter() - start, "round_s": rounds, "startup_s": ready - start}
 
 
+def median_round(run: dict) -> dict:
+    """A measurement round's figure: the median federated round of the run, with its start-up and total."""
+    return {"seconds": statistics.median(run["round_s"]), **run}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--fl-rounds", type=int, default=5, help="FedAvg rounds of each run")
     parser.add_argument("--limit", type=int, default=0, help="ICU stays read (0: all 3,996)")
-    parser.add_argument("--out", default="benchmarks/results/fl_overhead-cpu.json")
+    add_rounds_argument(parser)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fl_overhead-cpu.json"))
     args = parser.parse_args()
     with TemporaryDirectory() as tmp:
         config = FederateConfig(
             name="overhead",
             output=tmp,
             clients=args.clients,
-            rounds=args.rounds,
+            rounds=args.fl_rounds,
             tasks=[
                 FedTaskConfig(name="icu_mortality", limit=args.limit, partition=PartitionConfig(kind="iid"))
             ],
@@ -116,33 +126,17 @@ def main() -> None:
         )
         run_dir = prepare_run(config).resolve()
         sides = {
-            "plain loop": plain_loop(config, run_dir),
-            "flower in-process": flower(config, run_dir, "inprocess"),
-            "flower simulation": flower(config, run_dir, "simulation"),
+            "plain loop": lambda: median_round(plain_loop(config, run_dir)),
+            "flower in-process": lambda: median_round(flower(config, run_dir, "inprocess")),
+            "flower simulation": lambda: median_round(flower(config, run_dir, "simulation")),
         }
-    reference = statistics.median(sides["plain loop"]["round_s"])
-    print(f"{'runtime':<20} {'median round (s)':>17} {'ratio':>7} {'start-up (s)':>13} {'total (s)':>10}")
-    for name, side in sides.items():
-        side["median_round_s"] = statistics.median(side["round_s"])
-        side["ratio_to_plain"] = side["median_round_s"] / reference
-        print(
-            f"{name:<20} {side['median_round_s']:>17.2f} {side['ratio_to_plain']:>7.2f} "
-            f"{side['startup_s']:>13.1f} {side['total_s']:>10.1f}"
-        )
-    record = {
-        "benchmark": "fl_overhead",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-        },
-        "settings": vars(args),
-        "sides": sides,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        summary = summarise(alternate(sides, args.rounds))
+    print(table(summary, "median seconds per federated round"))
+    for name, runs in summary["per_round"].items():
+        startup = statistics.median(r["startup_s"] for r in runs)
+        total = statistics.median(r["total_s"] for r in runs)
+        print(f"{name:<20} median start-up {startup:.1f} s, median whole run {total:.1f} s")
+    write_record(args.out, "fl_overhead", vars(args), summary)
 
 
 if __name__ == "__main__":

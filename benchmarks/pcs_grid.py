@@ -1,37 +1,40 @@
-"""A PCS grid through medfm's runner beside the same cells run one by one with ``run_eval``.
+"""A PCS grid through medfm's runner beside the same cells run one by one with ``run_eval``, both sharing
+features the same way.
 
     MEDFM_DATA_ROOT=... python benchmarks/pcs_grid.py --bundle runs/pretrain/mae-vit-tiny8-64/bundle
 
 Both sides evaluate the same cells (PneumoniaMNIST; linear probe and kNN of the encoder and of its random
 twin; ``--seeds`` seeds x bootstrap / half of the training patients) in this process with the same
-torch threads:
+torch threads, each once per round, in alternating rounds (``rounds.py``: reference, medfm, ...; at
+least 7), and each round from an empty memo of tasks and features (``medfm.evaluate.suite.EvalMemo``):
 
-- ``medfm``: ``run_grid`` with ``workers=0``: the task is loaded once and each backbone's features are
-  computed once, then cut to every cell's training subsample;
-- ``reference``: a loop calling ``run_eval`` once per cell, as a script would without the PCS layer (each
-  call loads the task and encodes every split again).
+- ``reference``: a loop calling ``run_eval`` once per cell, every call handed the same memo, so the task
+  is loaded once and each backbone's features computed once, as the runner does;
+- ``medfm``: ``run_grid`` with ``workers=0`` (its process memo emptied first), which also fingerprints its
+  inputs and writes the grid's summaries and report.
 
-The benchmark also checks that both sides give identical result rows, and writes its table as JSON.
+So the ratio is the runner's own cost or gain, not the feature cache's (which ``run_eval`` has too).
+The table prints each side's median seconds with its spread, the per-round time ratio with its interval
+and verdict (parity, faster or slower). The benchmark also checks that both sides give identical result
+rows, and writes its JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from medfm.evaluate.suite import run_eval
+from medfm.evaluate.suite import EvalMemo, run_eval
 from medfm.log import setup_logging
 from medfm.pcs.grid import Grid, GridConfig
 from medfm.pcs.runner import read_rows, run_grid
 from medfm.pcs.stability import UNIT
 from medfm.pcs.stages import STAGES, eval_rows
+from rounds import add_rounds_argument, alternate, summarise, table, write_record
 
 
 def grid_config(bundle: str, seeds: int, limit: int, threads: int, out: Path) -> GridConfig:
@@ -61,63 +64,66 @@ def grid_config(bundle: str, seeds: int, limit: int, threads: int, out: Path) ->
     )
 
 
+def reference_side(grid: Grid, out: Path):
+    """One ``run_eval`` per cell, all handed one memo (fresh each round, as the runner's): each task is
+    loaded and each backbone encoded once, so the runner is measured, not its feature cache."""
+
+    def run() -> dict:
+        memo = EvalMemo()
+        start = time.perf_counter()
+        for cell in grid.cells:
+            config = grid.cell_config(cell)
+            config.output = str(out / cell.id)
+            run_eval(config, memo=memo)
+        return {"seconds": time.perf_counter() - start}
+
+    return run
+
+
+def runner_side(grid: Grid):
+    """``run_grid`` in this process (``workers=0``), every cell rerun, from a fresh memo."""
+
+    def run() -> dict:
+        STAGES.get("eval").forget()
+        start = time.perf_counter()
+        run_grid(grid, rerun=True)
+        return {"seconds": time.perf_counter() - start}
+
+    return run
+
+
+def identical_rows(grid: Grid, reference_out: Path) -> bool:
+    """Whether the last round's runner rows equal the reference's, value for value."""
+    ours = read_rows(grid.output / "results.csv")
+    theirs = pd.concat(
+        [eval_rows(reference_out / cell.id).assign(cell=cell.id) for cell in grid.cells], ignore_index=True
+    )
+    merged = ours.merge(theirs, on=["cell", *UNIT], suffixes=("", "_reference"))
+    return len(merged) == len(theirs) and bool((merged["value"] == merged["value_reference"]).all())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="runs/pretrain/mae-vit-tiny8-64/bundle")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--limit", type=int, default=1500, help="examples of PneumoniaMNIST (0: all 5,030)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_rounds_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/pcs_grid"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/pcs_grid-cpu.json"))
     args = parser.parse_args()
     setup_logging("WARNING")
     torch.set_num_threads(args.threads)
     grid = Grid(grid_config(args.bundle, args.seeds, args.limit, args.threads, args.out))
-
-    start = time.perf_counter()
-    reference = []
-    for cell in grid.cells:
-        config = grid.cell_config(cell)
-        config.output = str(args.out / "reference" / cell.id)
-        run_eval(config)
-        rows = eval_rows(Path(config.output)).assign(cell=cell.id)
-        reference.append(rows)
-    reference_seconds = time.perf_counter() - start
-
-    STAGES.get("eval").forget()
-    start = time.perf_counter()
-    run_grid(grid, rerun=True)
-    medfm_seconds = time.perf_counter() - start
-
-    ours = read_rows(grid.output / "results.csv")
-    theirs = pd.concat(reference, ignore_index=True)
-    keys = ["cell", *UNIT]
-    merged = ours.merge(theirs, on=keys, suffixes=("", "_reference"))
-    identical = len(merged) == len(theirs) and bool((merged["value"] == merged["value_reference"]).all())
-    # the medfm side also writes the summaries and the report; the reference writes neither
-    table = [
-        {"side": "medfm (run_grid)", "seconds": round(medfm_seconds, 1)},
-        {"side": "reference (run_eval per cell)", "seconds": round(reference_seconds, 1)},
-    ]
-    for row in table:
-        row["seconds per cell"] = round(row["seconds"] / len(grid.cells), 2)
-    print(f"{len(grid.cells)} cells, {args.threads} thread(s); result rows identical: {identical}")
-    print(pd.DataFrame(table).to_string(index=False))
-    print(f"speed-up: {reference_seconds / medfm_seconds:.2f}x")
-    record = {
-        "benchmark": "pcs_grid",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "cells": len(grid.cells),
-        "identical_rows": identical,
-        "results": table,
-        "speedup": round(reference_seconds / medfm_seconds, 2),
+    sides = {
+        "reference (run_eval per cell)": reference_side(grid, args.out / "reference"),
+        "medfm (run_grid)": runner_side(grid),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    summary = summarise(alternate(sides, args.rounds))
+    identical = identical_rows(grid, args.out / "reference")
+    print(f"{len(grid.cells)} cells, {args.threads} thread(s); result rows identical: {identical}")
+    print(table(summary, "seconds per grid"))
+    write_record(args.json, "pcs_grid", vars(args), summary, cells=len(grid.cells), identical_rows=identical)
     if not identical:
         raise SystemExit("the two sides gave different result rows")
 

@@ -1,6 +1,6 @@
 """Pretraining step throughput: medfm's engine and method beside a plain timm + hand-written MAE step.
 
-    python benchmarks/pretrain_throughput.py --model vit_tiny_patch8 --image-size 64 --batch 64
+    python benchmarks/pretrain_throughput.py --model vit_tiny_patch8 --image-size 64 --batch 64 --rounds 7
     python benchmarks/pretrain_throughput.py --model vit_base_patch16 --image-size 224 --batch 256 \\
         --device cuda --precision bf16 --compile          # the GPU measurement
 
@@ -11,8 +11,10 @@ Both sides train the same architecture on the same in-memory batch with AdamW:
 - ``reference``: a timm ``VisionTransformer`` and a minimal MAE written below (MAE only), in a bare
   ``zero_grad / forward / backward / step`` loop, optionally compiled with ``--reference-compile``.
 
-Each side runs in its own child process (so peak memory is its own), in alternating rounds (so a busy
-machine slows both alike); the table reports the median over rounds. TFLOP/s come from
+Each side runs in its own child process (so peak memory is its own), once per round, in alternating
+rounds (``rounds.py``: reference, medfm, reference, medfm, ...; at least 7); the table reports each side's
+median step time with its spread, the per-round time ratio and the verdict (parity, faster or slower)
+its interval supports. Throughput is taken at the median step time. TFLOP/s come from
 ``torch.utils.flop_counter`` on one training step; MFU is that over ``--peak-tflops`` (default: the
 dense bf16 peak of known GPUs, none on CPUs).
 """
@@ -23,16 +25,16 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from rounds import add_rounds_argument, alternate, summarise, table, write_record
 
 # Dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets, SXM parts).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
@@ -207,6 +209,51 @@ def peak_tflops(args) -> float | None:
     return None
 
 
+def run_child(args, side: str):
+    """One round of one side: a fresh process that warms up, times ``--steps`` steps and reports."""
+
+    def run() -> dict:
+        command = [sys.executable, __file__, *sys.argv[1:], "--child", side]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{side} failed:\n{done.stderr[-4000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"seconds": result.pop("step_s"), **result}
+
+    return run
+
+
+def throughput_rows(args, summary: dict) -> dict[str, dict]:
+    """Images/s, FLOPs, MFU and memory of each side at its median step time."""
+    peak = peak_tflops(args)
+    rows = {}
+    for side, runs in summary["per_round"].items():
+        step_s = summary["seconds"][side]["median"]
+        tflops = runs[0]["flops"] / step_s / 1e12
+        rows[side] = {
+            "images_per_s": round(args.batch / step_s, 1),
+            "step_ms": round(step_s * 1e3, 2),
+            "gflop_per_image": round(runs[0]["flops"] / args.batch / 1e9, 3),
+            "tflops": round(tflops, 3),
+            "mfu": round(tflops / peak, 4) if peak else None,
+            "peak_mib": runs[0]["peak_mib"] and round(max(r["peak_mib"] for r in runs), 1),
+            "peak_rss_mib": round(max(r["rss_mib"] for r in runs), 1),
+        }
+    return rows
+
+
+def print_throughput(rows: dict[str, dict]) -> None:
+    columns = ("img/s", "ms/step", "GFLOP/img", "TFLOP/s", "MFU", "peak MiB")
+    print(f"{'side':<10} " + " ".join(f"{c:>10}" for c in columns))
+    for side, row in rows.items():
+        mfu = f"{row['mfu']:.1%}" if row["mfu"] else "-"
+        memory = row["peak_mib"] if row["peak_mib"] else row["peak_rss_mib"]
+        print(
+            f"{side:<10} {row['images_per_s']:>10,.1f} {row['step_ms']:>10.1f} "
+            f"{row['gflop_per_image']:>10.3f} {row['tflops']:>10.3f} {mfu:>10} {memory:>10}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,7 +269,7 @@ def main() -> None:
     parser.add_argument("--reference-compile", action="store_true", help="torch.compile the reference too")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_rounds_argument(parser)
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     parser.add_argument("--child", choices=["medfm", "reference"], help=argparse.SUPPRESS)
@@ -231,74 +278,31 @@ def main() -> None:
         child(args)
         return
 
-    sides = ["medfm"] + (["reference"] if args.method == "mae" else [])
-    results: dict[str, list[dict]] = {side: [] for side in sides}
-    for round_index in range(args.rounds):
-        for side in sides if round_index % 2 == 0 else sides[::-1]:
-            command = [sys.executable, __file__, *sys.argv[1:], "--child", side]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"{side} failed:\n{done.stderr[-4000:]}")
-            results[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(
-                f"round {round_index + 1}/{args.rounds} {side}: "
-                f"{results[side][-1]['step_s'] * 1e3:.1f} ms/step"
-            )
-
-    peak = peak_tflops(args)
-    rows = {}
-    for side, runs in results.items():
-        step_s = statistics.median(r["step_s"] for r in runs)
-        tflops = runs[0]["flops"] / step_s / 1e12
-        rows[side] = {
-            "images_per_s": round(args.batch / step_s, 1),
-            "step_ms": round(step_s * 1e3, 2),
-            "step_ms_per_round": [round(r["step_s"] * 1e3, 2) for r in runs],
-            "gflop_per_image": round(runs[0]["flops"] / args.batch / 1e9, 3),
-            "tflops": round(tflops, 3),
-            "mfu": round(tflops / peak, 4) if peak else None,
-            "peak_mib": runs[0]["peak_mib"] and round(max(r["peak_mib"] for r in runs), 1),
-            "peak_rss_mib": round(max(r["rss_mib"] for r in runs), 1),
-        }
-    if "reference" in rows:
-        rows["medfm"]["speedup_vs_reference"] = round(
-            rows["medfm"]["images_per_s"] / rows["reference"]["images_per_s"], 3
-        )
-
-    columns = ("img/s", "ms/step", "GFLOP/img", "TFLOP/s", "MFU", "peak MiB")
-    header = f"{'side':<10} " + " ".join(f"{c:>10}" for c in columns)
+    sides = (["reference"] if args.method == "mae" else []) + ["medfm"]  # DINO has no reference here
+    summary = summarise(alternate({side: run_child(args, side) for side in sides}, args.rounds))
+    rows = throughput_rows(args, summary)
     print(
         f"\n{args.method} {args.model} {args.image_size}px batch {args.batch} {args.precision} on "
         f"{device_name(args.device)}" + (" (medfm compiled)" if args.compile else "")
     )
-    print(header)
-    for side, row in rows.items():
-        mfu = f"{row['mfu']:.1%}" if row["mfu"] else "-"
-        memory = row["peak_mib"] if row["peak_mib"] else row["peak_rss_mib"]
-        print(
-            f"{side:<10} {row['images_per_s']:>10,.1f} {row['step_ms']:>10.1f} "
-            f"{row['gflop_per_image']:>10.3f} {row['tflops']:>10.3f} {mfu:>10} {memory:>10}"
-        )
-    if "speedup_vs_reference" in rows["medfm"]:
-        print(f"medfm / reference: {rows['medfm']['speedup_vs_reference']:.3f}x")
-
-    record = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(args.device),
-        "torch": torch.__version__,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
-        "peak_tflops": peak,
-        "results": rows,
-        "memory_note": "peak_mib: CUDA max allocated; peak_rss_mib: the child process's peak resident memory",
-    }
+    print(table(summary, "seconds per step"))
+    print()
+    print_throughput(rows)
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
     out = (
         args.out
         or Path(__file__).parent / "results" / f"pretrain_throughput-{args.method}-{args.model}-{kind}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written {out}")
+    write_record(
+        out,
+        "pretrain_throughput",
+        {k: v for k, v in vars(args).items() if k not in ("child", "out")},
+        summary,
+        device=device_name(args.device),
+        peak_tflops=peak_tflops(args),
+        throughput=rows,
+        memory_note="peak_mib: CUDA max allocated; peak_rss_mib: the child process's peak resident memory",
+    )
 
 
 if __name__ == "__main__":
