@@ -198,11 +198,19 @@ def evaluate(
     ] = None,
     label_column: Annotated[str, typer.Option(help="the --folder's label column")] = "label",
     id_column: Annotated[str | None, typer.Option(help="the --folder's patient id column")] = None,
+    modality: Annotated[
+        str, typer.Option(help="the --folder's modality (xray, ct, mr, fundus, dermoscopy, ...)")
+    ] = "unknown",
     out: Annotated[str | None, typer.Option(help="output folder (default runs/eval)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="evaluation YAML")] = None,
     overrides: Overrides = None,
 ) -> None:
-    """Evaluate an encoder on chosen tasks and protocols; write results (CSV, Markdown) and an HTML report."""
+    """Evaluate an encoder on chosen tasks and protocols; write results (CSV, Markdown) and an HTML report.
+
+    A --folder of fewer than 2,000 images is cross-validated (5 folds grouped by --id-column, pooled
+    out-of-fold predictions); `cv_folds=0` keeps its 0.8/0.1/0.1 split, `cv_folds=10` sets the folds.
+    """
+    from medfm.evaluate.console import summary
     from medfm.evaluate.suite import run_eval
 
     chosen_tasks = _split(tasks)
@@ -223,9 +231,11 @@ def evaluate(
             "root": str(folder),
             "label_column": label_column,
             "id_column": id_column,
+            "modality": modality,
         }
     paths = run_eval(settings)
-    console.print(Markdown(paths["results.md"].read_text()))
+    for part in summary(paths["results.csv"].parent):
+        console.print(part)
     console.print(f"\n[bold green]report:[/] {paths['report.html']}")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
 
 from medfm.evaluate.predictions import RESULT_COLUMNS, Predictions
 from medfm.evaluate.report import format_estimate, format_p_value, roc_points, write_report
@@ -148,6 +148,8 @@ def test_every_file_is_written_and_every_figure_is_a_png(report):
     slugs = ["chest-x-ray-pneumonia-vs-normal", "skin-lesion-3-classes", "ecg-rhythm-labels"]
     expected = {"results.csv", "results.md", "report.html", "figures/overview.png"}
     expected |= {f"figures/{kind}-{slug}.png" for kind in ("roc", "bars") for slug in slugs}
+    # the multi-class task (not the binary or multi-label ones) gets per-class tables and confusion matrices
+    expected |= {"figures/confusion-skin-lesion-3-classes.png", "per_class.csv", "confusion.csv"}
     assert set(paths) == expected
     for name, path in paths.items():
         assert path == out / name and path.is_file()
@@ -213,13 +215,34 @@ def test_html_is_self_contained_and_escaped(report):
         assert html.escape(task) in page
     assert "<vs>" not in page
     figures = [name for name in paths if name.endswith(".png")]
-    assert page.count("<img") == len(figures) == 7
-    assert page.count('src="data:image/png;base64,') == 7
+    assert page.count("<img") == len(figures) == 8  # overview, bars and ROC of 3 tasks, a confusion figure
+    assert page.count('src="data:image/png;base64,') == 8
     assert "&lt;b&gt;synthetic&lt;/b&gt; data &amp; nothing else" in page
     assert "<b>synthetic" not in page
     assert "Benchmark &lt;draft&gt;" in page
     assert "0.912 [0.881, 0.940]" in page and "&lt;0.001" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+
+
+def test_multiclass_tasks_get_per_class_metrics_and_confusion_counts(report):
+    _, paths = report
+    pred = multiclass_predictions()
+    predicted = pred.prob.argmax(axis=1)
+    per_class = pd.read_csv(paths["per_class.csv"]).set_index("class")
+    assert set(per_class["task"]) == {MULTICLASS}  # binary and multi-label tasks get none
+    for c, name in enumerate(pred.classes):
+        assert per_class.loc[name, "n"] == (pred.y == c).sum()
+        assert per_class.loc[name, "recall"] == pytest.approx(recall_score(pred.y == c, predicted == c))
+        assert per_class.loc[name, "precision"] == pytest.approx(precision_score(pred.y == c, predicted == c))
+        assert per_class.loc[name, "auroc"] == pytest.approx(roc_auc_score(pred.y == c, pred.prob[:, c]))
+    confusion = pd.read_csv(paths["confusion.csv"])
+    expected = confusion_matrix(pred.y, predicted)
+    for row in confusion.itertuples():
+        assert row.count == expected[pred.classes.index(row.true), pred.classes.index(row.predicted)]
+    text = paths["results.md"].read_text(encoding="utf-8")
+    assert (
+        "### Per class (one-vs-rest, test set)" in text and "![Confusion matrices](figures/confusion-" in text
+    )
 
 
 def test_task_without_predictions_gets_bars_but_no_roc(tmp_path):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from medfm.cli import app
 from medfm.errors import ConfigError
+from medfm.evaluate.console import summary
 from medfm.evaluate.predictions import RESULT_COLUMNS, Predictions
 from medfm.evaluate.protocols.fewshot import FewShotConfig
 from medfm.evaluate.protocols.finetune import FinetuneConfig
@@ -26,6 +31,8 @@ def bundle(tmp_path):
 
 
 def folder_config(tmp_path, folder, bundle, **extra) -> EvalConfig:
+    """The test folder with its fixed split (cross-validation is tested on its own)."""
+    extra.setdefault("cv_folds", 0)
     return EvalConfig(
         output=str(tmp_path / "eval"),
         encoder=str(bundle),
@@ -88,6 +95,7 @@ def test_limit_keeps_every_split_and_the_same_examples_for_every_seed(tmp_path, 
         run_eval(config)
         rows = pd.read_csv(tmp_path / f"seed{seed}" / "results.csv")
         assert 2 <= rows.n.max() < 13  # a random half of the 13 test examples
+        assert set(rows.model) == {"tiny-mae"}  # no baseline asked for, none run
         prediction = next((tmp_path / f"seed{seed}" / "predictions").rglob("*.npz"))
         tested.append(sorted(Predictions.load(prediction).sample_ids))
     assert tested[0] == tested[1]  # seeds perturb training, never which examples are tested
@@ -176,3 +184,79 @@ def test_task_protocols_limit_a_task_and_say_so(tmp_path, image_folder, bundle, 
     rows = pd.read_csv(tmp_path / "eval" / "results.csv")
     assert set(rows.protocol) == {"knn"}
     assert "protocol linear_probe is left out by task_protocols" in caplog.text
+
+
+def three_class_folder(root, per_class: int = 60):
+    """180 images, 3 classes told apart by brightness (with overlap), no patient column."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    rows = ["path,label"]
+    for index in range(3 * per_class):
+        label = ("dark", "grey", "bright")[index % 3]
+        level = (70, 128, 186)[index % 3] + rng.normal(0, 20)
+        pixels = np.clip(rng.normal(level, 30, size=(32, 32)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{index:03d}.png")
+        rows.append(f"images/{index:03d}.png,{label}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_cli_cross_validates_a_small_folder_and_shows_widths_and_confusions(tmp_path, bundle):
+    folder = three_class_folder(tmp_path / "lesions")
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--bundle",
+            str(bundle),
+            "--folder",
+            str(folder),
+            "--modality",
+            "dermoscopy",
+            "--protocols",
+            "linear_probe,knn",
+            "--out",
+            str(tmp_path / "cv"),
+            "n_boot=50",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "5-fold cross-validation grouped by subject" in printed and "width" in printed
+    out = tmp_path / "cv"
+    rows = pd.read_csv(out / "results.csv")
+    auroc = rows[(rows.metric == "auroc") & (rows.eval_set == "test") & (rows.subgroup == "all")]
+    assert (auroc.n == 180).all() and (auroc.n_subjects == 180).all()  # every image tested once, pooled
+    assert (auroc.ci_high - auroc.ci_low < 0.35).all()
+    report = (out / "results.md").read_text()
+    assert "Modality: dermoscopy" in report and "![Confusion matrices](figures/confusion-" in report
+    confusion = pd.read_csv(out / "confusion.csv")
+    probe = confusion[(confusion.model == "tiny-mae") & (confusion.protocol == "linear_probe")]
+    assert probe["count"].sum() == 180 and len(probe) == 9
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert set(per_class["class"]) == {"dark", "grey", "bright"} and (per_class.n == 60).all()
+    # random init and the classical baseline ran; the requested scratch model needs fine-tuning
+    assert "baseline scratch skipped: it trains with the finetune protocol" in printed
+    assert "baseline scratch skipped" in report
+
+
+def test_cross_validated_predictions_pool_every_fold_and_keep_subjects_whole(tmp_path, image_folder, bundle):
+    config = folder_config(
+        tmp_path, image_folder, bundle, protocols=["linear_probe"], baselines=[], cv_folds=4
+    )
+    run_eval(config)
+    pred = Predictions.load(tmp_path / "eval" / "predictions" / "image_folder" / "tiny-mae-linear_probe.npz")
+    assert len(pred.y) == 120 and len(set(pred.sample_ids)) == 120  # every image once
+    logged = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
+    fit = next(r for r in logged if r.get("protocol") == "linear_probe")
+    assert fit["folds"] == 4 and len(fit["l2"]) == 4
+
+
+def test_console_summary_fits_an_80_column_terminal(tmp_path, image_folder, bundle):
+    run_eval(folder_config(tmp_path, image_folder, bundle, protocols=["linear_probe", "knn"]))
+    terminal = Console(width=80, file=io.StringIO(), record=True)
+    for part in summary(tmp_path / "eval"):
+        terminal.print(part)
+    text = terminal.export_text()
+    assert "tiny-mae" in text and "pixels_logreg" in text and "width" in text
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text

@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from medfm.evaluate.predictions import RESULT_COLUMNS, Predictions
 
@@ -53,6 +53,7 @@ COMPARISON_COLUMNS = (
     "p_holm",  # Holm-adjusted over every comparison of the table
 )
 MISSING = "–"
+FIGURE_CAPTIONS = {"bars": "AUROC per model", "roc": "ROC curves", "confusion": "Confusion matrices"}
 CHANCE_AUROC = 0.5
 DPI = 110
 FPR_GRID = np.linspace(0.0, 1.0, 201)  # common grid on which per-class ROC curves are averaged
@@ -91,7 +92,9 @@ class _TaskSection:
     modality: str
     main: pd.DataFrame
     extra: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    figures: dict[str, Path] = field(default_factory=dict)  # "bars" / "roc" -> PNG
+    figures: dict[str, Path] = field(default_factory=dict)  # a key of FIGURE_CAPTIONS -> PNG
+    per_class: pd.DataFrame = field(default_factory=pd.DataFrame)  # multi-class tasks: the numbers
+    confusion: pd.DataFrame = field(default_factory=pd.DataFrame)  # multi-class tasks: long-form counts
 
 
 def write_report(
@@ -103,7 +106,8 @@ def write_report(
     comparisons: pd.DataFrame | None = None,
     notes: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md``, ``report.html`` and ``figures/*.png`` into ``out``.
+    """Write ``results.csv``, ``results.md``, ``report.html`` and ``figures/*.png`` into ``out``; for
+    multi-class tasks also ``per_class.csv`` and ``confusion.csv``.
 
     Returns every written file by its path relative to ``out`` (``"figures/roc-<task>.png"``, ...).
     Raises ``ValueError`` for empty rows, missing columns or two rows with the same key.
@@ -133,6 +137,11 @@ def write_report(
     }
     extra_columns = [c for c in rows.columns if c not in RESULT_COLUMNS]
     rows[[*RESULT_COLUMNS, *extra_columns]].to_csv(paths["results.csv"], index=False)
+    for name in ("per_class", "confusion"):
+        tables = [getattr(s, name) for s in sections if not getattr(s, name).empty]
+        if tables:
+            paths[f"{name}.csv"] = out / f"{name}.csv"
+            pd.concat(tables).to_csv(paths[f"{name}.csv"], index=False)
     comparison_table = _comparison_table(comparisons)
     paths["results.md"].write_text(
         _markdown_report(title, notes, sections, comparison_table, out), encoding="utf-8"
@@ -275,7 +284,68 @@ def _task_section(
     )
     if roc_path:
         section.figures["roc"] = roc_path
+    multiclass = [p for p in predictions if p.task == task and not p.multilabel and len(p.classes) > 2]
+    if multiclass:
+        section.per_class = per_class_metrics(multiclass)
+        section.confusion = confusion_counts(multiclass)
+        shown = section.per_class.drop(columns="task").assign(
+            **{c: section.per_class[c].map(lambda v: format_estimate(v, np.nan, np.nan)) for c in _PER_CLASS}
+        )
+        section.extra.append(("Per class (one-vs-rest, test set)", shown))
+        section.figures["confusion"] = _draw_confusions(task, multiclass, figures / f"confusion-{slug}.png")
     return section
+
+
+_PER_CLASS = ("precision", "recall", "f1", "auroc")
+
+
+def per_class_metrics(predictions: Sequence[Predictions]) -> pd.DataFrame:
+    """Per run and class of single-label predictions: test examples of the class (``n``), precision,
+    recall (sensitivity), F1 and one-vs-rest AUROC (NaN when the class has no test example)."""
+    rows = []
+    for pred in predictions:
+        classes = np.arange(len(pred.classes))
+        predicted = pred.prob.argmax(axis=1)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            pred.y, predicted, labels=classes, zero_division=0
+        )
+        for c, name in enumerate(pred.classes):
+            truth = pred.y == c
+            auroc = roc_auc_score(truth, pred.prob[:, c]) if 0 < truth.sum() < len(truth) else np.nan
+            rows.append(
+                {
+                    "task": pred.task,
+                    "model": pred.model,
+                    "protocol": pred.protocol,
+                    "class": name,
+                    "n": int(support[c]),
+                    "precision": precision[c],
+                    "recall": recall[c],
+                    "f1": f1[c],
+                    "auroc": float(auroc),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def confusion_counts(predictions: Sequence[Predictions]) -> pd.DataFrame:
+    """Long-form confusion matrices: per run, true class and predicted class, the test examples."""
+    rows = []
+    for pred in predictions:
+        matrix = confusion_matrix(pred.y, pred.prob.argmax(axis=1), labels=np.arange(len(pred.classes)))
+        for (i, j), count in np.ndenumerate(matrix):
+            true, predicted = pred.classes[i], pred.classes[j]
+            rows.append(
+                {
+                    "task": pred.task,
+                    "model": pred.model,
+                    "protocol": pred.protocol,
+                    "true": true,
+                    "predicted": predicted,
+                    "count": int(count),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _estimate_table(rows: pd.DataFrame, column_labels: pd.Series, order: list[str]) -> pd.DataFrame:
@@ -448,6 +518,44 @@ def _draw_bars(task: str, auroc: pd.DataFrame, styles: dict[str, tuple[tuple, st
     return _save(figure, path)
 
 
+def _draw_confusions(task: str, predictions: Sequence[Predictions], path: Path) -> Path:
+    """One confusion matrix per run: cells coloured by the share of the true class (recall on the
+    diagonal), annotated with counts."""
+    runs = sorted(predictions, key=lambda p: tuple(map(_natural, (p.protocol, p.model, p.setting))))
+    classes = runs[0].classes
+    columns = min(3, len(runs))
+    rows = -(-len(runs) // columns)
+    side = 1.2 + 0.45 * len(classes)
+    figure = Figure(figsize=(columns * side + 1.0, rows * side + 0.8), dpi=DPI, layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    cmap = colormaps["Blues"]
+    for ax, run in zip(axes.ravel(), runs):
+        counts = confusion_matrix(run.y, run.prob.argmax(axis=1), labels=np.arange(len(classes)))
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(shares, cmap=cmap, vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, classes, rotation=40, ha="right", rotation_mode="anchor", fontsize=7)
+        ax.set_yticks(ticks, classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(_wrapped(_run_label(run.model, run.protocol, run.setting), 30), fontsize=8)
+    for ax in axes.ravel()[len(runs) :]:
+        ax.set_visible(False)
+    figure.colorbar(image, ax=axes, label="share of the true class", shrink=0.8)
+    figure.suptitle(f"{_wrapped(task)}: confusion matrices on the test set", fontsize=10)
+    return _save(figure, path)
+
+
 def _draw_overview(rows: pd.DataFrame, tasks: list[str], path: Path) -> Path:
     """Heatmap of test-set AUROC: one row per task, one column per (model, protocol, setting)."""
     auroc = rows[
@@ -501,8 +609,7 @@ def _markdown_report(
         for heading, table in section.extra:
             lines += [f"### {heading}", "", markdown_table(table), ""]
         for name, path in section.figures.items():
-            caption = "AUROC per model" if name == "bars" else "ROC curves"
-            lines += [f"![{caption}]({path.relative_to(out).as_posix()})", ""]
+            lines += [f"![{FIGURE_CAPTIONS[name]}]({path.relative_to(out).as_posix()})", ""]
     if not comparisons.empty:
         lines += ["## Paired comparisons", "", markdown_table(comparisons), ""]
     return "\n".join(lines)
@@ -549,7 +656,7 @@ def _html_report(
         if not section.main.empty:
             parts += ["<h3>Test set, all subjects</h3>", html_table(section.main)]
         images = [
-            html_image(path, f"{'AUROC per model' if name == 'bars' else 'ROC curves'}: {section.task}")
+            html_image(path, f"{FIGURE_CAPTIONS[name]}: {section.task}")
             for name, path in section.figures.items()
         ]
         if images:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from medfm.evaluate.bootstrap import holm_adjusted, paired_bootstrap
 from medfm.evaluate.classical import CLASSICAL, fit_predict
 from medfm.evaluate.encoders import EncoderSource, build_backbone, resolve_encoder
 from medfm.evaluate.features import extract_features
+from medfm.evaluate.folds import AUTO, Fold, cross_validation, folds_for, task_split
 from medfm.evaluate.predictions import RESULT_COLUMNS, Predictions
 from medfm.evaluate.protocols.fewshot import FewShotConfig, few_shot
 from medfm.evaluate.protocols.finetune import FinetuneConfig, finetune
@@ -87,6 +88,10 @@ class EvalConfig:
     image_size: int = 0  # 0: the size the encoder was pretrained at
     batch_size: int = 128  # feature extraction
     limit: int = 0  # a fixed random subset of about this many examples per task (0: all); for smoke runs
+    # k-fold cross-validation grouped by subject (see evaluate/folds.py): -1 for image folders of fewer
+    # than cv_below examples, 0 never, k >= 2 for every task with a subject split
+    cv_folds: int = AUTO
+    cv_below: int = 2000
     train_subsample: TrainSubsample = field(default_factory=TrainSubsample)  # learn from fewer subjects
     intensity: str = "encoder"  # image normalisation: the encoder's statistics, or per_image
     n_boot: int = 1000
@@ -113,6 +118,10 @@ class EvalConfig:
         self.train_subsample.check()
         if self.intensity not in INTENSITIES:
             raise ConfigError(f"intensity must be one of {INTENSITIES}, got {self.intensity!r}")
+        if self.cv_folds not in (AUTO, 0) and self.cv_folds < 2:
+            raise ConfigError(
+                f"cv_folds must be -1 (small folders), 0 (never) or at least 2, got {self.cv_folds}"
+            )
         for name, values, known in (
             (
                 "protocols",
@@ -144,8 +153,11 @@ class Model:
     finetune: FinetuneConfig | None = None  # its fine-tuning settings, when it fine-tunes
 
 
-def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig) -> list[Model]:
-    """The encoder and the neural baselines that apply to this task, with their protocols."""
+def plan_models(
+    data: TaskData, source: EncoderSource | None, config: EvalConfig
+) -> tuple[list[Model], list[str]]:
+    """The encoder and the neural baselines that apply to this task, with their protocols; and why each
+    requested baseline that cannot run here is skipped."""
     limit = config.task_protocols.get(data.name, PROTOCOLS)
     wanted = [p for p in config.protocols if p in limit and p in data.info.protocols]
     for protocol in sorted(set(config.protocols) - set(wanted)):
@@ -155,6 +167,18 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
             else "is left out by task_protocols"
         )
         log.warning("task %s: protocol %s %s", data.name, protocol, why)
+    frozen = tuple(p for p in wanted if p in FROZEN)
+    skipped: dict[str, str] = {}  # baseline -> why it cannot run here (requested or not)
+    if not frozen:
+        skipped["random_init"] = "it is scored by frozen protocols (linear_probe, knn, fewshot) and none runs"
+    if "finetune" not in wanted:
+        skipped["scratch"] = "it trains with the finetune protocol, which does not run"
+    if not data.info.classical:
+        skipped["classical"] = "the task has no classical baseline"
+
+    def runs(baseline: str) -> bool:
+        return baseline in config.baselines and baseline not in skipped
+
     models = []
     if data.info.kind in ("signal", "series"):
         # no image encoder reads these: their registered encoder, random (frozen) and trained from scratch
@@ -166,16 +190,14 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
             with seeded(config.seed):
                 return timeseries_backbone(name, data)
 
-        frozen = tuple(p for p in wanted if p in FROZEN)
-        if "random_init" in config.baselines and frozen:
+        if runs("random_init"):
             models.append(Model(f"{name} (random init)", make, frozen))
-        if "scratch" in config.baselines and "finetune" in wanted:
+        if runs("scratch"):
             models.append(Model(f"{name} (scratch)", make, ("finetune",), config.timeseries))
-        return models
+        return _requested(models, skipped, data, config)
     if source is None:
         raise ConfigError(f"task {data.name} needs an image encoder: pass a bundle or an encoder name")
     size = config.image_size
-
     random_seed = config.seed if config.random_init_seed < 0 else config.random_init_seed
 
     def encoder(pretrained: bool) -> Callable[[], Backbone]:
@@ -189,17 +211,35 @@ def plan_models(data: TaskData, source: EncoderSource | None, config: EvalConfig
         return make
 
     models.append(Model(source.label, encoder(source.path is not None), tuple(wanted), config.finetune))
-    frozen = tuple(p for p in wanted if p in FROZEN)
-    if "random_init" in config.baselines and source.path is not None and frozen:
+    if source.path is None:
+        skipped.setdefault("random_init", f"the encoder {source.label} is itself randomly initialised")
+    if runs("random_init"):
         models.append(Model(source.random_label, encoder(False), frozen))
-    if "scratch" in config.baselines and "finetune" in wanted and data.info.kind == "image":
+    if data.info.kind != "image":
+        skipped.setdefault("scratch", f"no model is trained from scratch on {data.info.kind} inputs")
+    if runs("scratch"):
         side = size or (source.img_size if isinstance(source.img_size, int) else 224)
 
         def make() -> Backbone:
-            return ImageBackbone(resnet18(source.in_chans), side, source.mean, source.std, config.intensity)
+            with seeded(config.seed):
+                return ImageBackbone(
+                    resnet18(source.in_chans), side, source.mean, source.std, config.intensity
+                )
 
         models.append(Model("resnet18 (scratch)", make, ("finetune",), config.scratch))
-    return models
+    return _requested(models, skipped, data, config)
+
+
+def _requested(
+    models: list[Model], skipped: dict[str, str], data: TaskData, config: EvalConfig
+) -> tuple[list[Model], list[str]]:
+    """The models, and a line for each requested baseline left out (logged as it is decided)."""
+    reasons = []
+    for baseline in config.baselines:
+        if baseline in skipped:
+            reasons.append(f"baseline {baseline} skipped: {skipped[baseline]}")
+            log.warning("task %s: %s", data.name, reasons[-1])
+    return models, reasons
 
 
 def predictions_for(test: TaskData, model: str, protocol: str, prob: np.ndarray, setting: str = ""):
@@ -219,9 +259,58 @@ def predictions_for(test: TaskData, model: str, protocol: str, prob: np.ndarray,
     )
 
 
-def validation(val: TaskData, model: str, protocol: str, prob: np.ndarray) -> Predictions:
-    """Validation predictions, scored on the whole split only (no eval sets or subgroups)."""
-    return replace(predictions_for(val, model, protocol, prob), groups={}, flags={})
+@dataclass
+class FoldRun:
+    """One run's output on one fold."""
+
+    prob: np.ndarray
+    seconds: float
+    details: dict[str, Any]
+
+
+class OutOfFold:
+    """Each run's probabilities gathered over the folds of a task and pooled in fold order: with one fold
+    (the task's own split) exactly that fold's predictions; with cross-validation every example once."""
+
+    def __init__(self, data: TaskData, folds: list[Fold]):
+        self.data = data
+        self.folds = folds
+        # (split, model, protocol, setting, draw) -> one entry per fold, in fold order
+        self.runs: dict[tuple[str, str, str, str, int | None], list[FoldRun]] = defaultdict(list)
+
+    def add(
+        self,
+        split: str,
+        model: str,
+        protocol: str,
+        prob: np.ndarray,
+        seconds: float = 0.0,
+        *,
+        setting: str = "",
+        draw: int | None = None,
+        **details: Any,
+    ) -> None:
+        self.runs[(split, model, protocol, setting, draw)].append(FoldRun(prob, seconds, details))
+
+    def pooled(self) -> Iterator[tuple[str, Predictions, float, dict[str, Any]]]:
+        """(split, pooled predictions, seconds over all folds, details) of every run, in order of arrival.
+
+        Details are each fold's values: a number for one fold, a list with one per fold otherwise."""
+        for (split, model, protocol, setting, draw), runs in self.runs.items():
+            if len(runs) != len(self.folds):
+                raise RuntimeError(f"{model} {protocol}: {len(runs)} of {len(self.folds)} folds predicted")
+            part = self.data.select(np.concatenate([getattr(fold, split) for fold in self.folds]))
+            pred = predictions_for(part, model, protocol, np.concatenate([r.prob for r in runs]), setting)
+            if split == "val":  # scored on the whole split only (no eval sets or subgroups)
+                pred = replace(pred, groups={}, flags={})
+            details = {k: [r.details[k] for r in runs] for k in runs[0].details}
+            if len(runs) == 1:
+                details = runs[0].details
+            else:
+                details["folds"] = len(runs)
+            if draw is not None:
+                details["draw"] = draw
+            yield split, pred, sum(r.seconds for r in runs), details
 
 
 def frozen_features(
@@ -294,8 +383,10 @@ class Evaluation:
         self.memo = memo or EvalMemo()
         self.source = resolve_encoder(config.encoder) if config.encoder else None
         self.infos: dict[str, TaskInfo] = {}  # as loaded: a folder task's modality is the user's
+        self.notes: list[str] = []  # how tasks were evaluated, where it is not the default
+        self.skipped: list[str] = []  # requested baselines that could not run, with the reason
 
-    def record(self, pred: Predictions, seconds: float, split: str = "test", **details: Any) -> None:
+    def record(self, pred: Predictions, seconds: float, split: str, **details: Any) -> None:
         folder = self.out / "predictions" / pred.task / ("" if split == "test" else split)
         folder.mkdir(parents=True, exist_ok=True)
         name = "-".join(p for p in (pred.model, pred.protocol, pred.setting) if p)
@@ -318,17 +409,20 @@ class Evaluation:
             **details,
         )
 
-    def features(self, backbone: Backbone, data: TaskData, parts, rows, label: str) -> dict[str, np.ndarray]:
-        """Frozen features through the memo, with the cost of encoding logged beside them."""
+    def features(
+        self, backbone: Backbone, data: TaskData, parts, rows, label: str, log_cost: bool
+    ) -> dict[str, np.ndarray]:
+        """Frozen features through the memo; the cost of encoding logged beside them if ``log_cost``."""
         # tasks of one source share images (the two pneumonia splits), unless the backbone's preprocessing
-        # is fitted to each task's training examples (ICU series): then those examples are part of the key
+        # is fitted to the training examples (ICU series): then which examples those were is in the key
         fitted = type(backbone).fit is not Backbone.fit
+        fitted_on = "\n".join(parts["train"].sample_ids[rows].astype(str)).encode() if fitted else b""
         key = (
             weights_digest(backbone),
             backbone.preprocessing(),
             data.info.source,
             data.name if fitted else "",
-            hashlib.blake2b(rows.tobytes(), digest_size=16).hexdigest() if fitted else "",
+            hashlib.blake2b(fitted_on, digest_size=16).hexdigest() if fitted else "",
         )
         start = time.time()
         cache = self.memo.features[key]
@@ -338,6 +432,9 @@ class Evaluation:
         if len(cache) > before and key not in self.memo.encoding:
             encoded = len(cache) - before
             self.memo.encoding[key] = {"encoded": encoded, "encode_seconds": round(seconds, 3)}
+        log.info("%s / %s: features in %.1f s", data.name, label, seconds)
+        if not log_cost:
+            return x
         encoding = self.memo.encoding.get(key, {})
         one = {k: v.to(self.device) for k, v in backbone.collate(parts["train"].inputs, [0]).items()}
         throughput = encoding and round(encoding["encoded"] / max(encoding["encode_seconds"], 1e-9), 2)
@@ -351,8 +448,30 @@ class Evaluation:
             throughput=throughput or None,
             **encoding,
         )
-        log.info("%s / %s: features in %.1f s", data.name, label, seconds)
         return x
+
+    def folds(self, data: TaskData) -> list[Fold]:
+        """The task's own split, or cross-validation folds (logged, and noted in the report)."""
+        k = folds_for(data, self.config.cv_folds, self.config.cv_below)
+        if not k:
+            return task_split(data)
+        why = (
+            f"{len(data)} examples, fewer than cv_below={self.config.cv_below}"
+            if self.config.cv_folds == AUTO
+            else f"cv_folds={k}"
+        )
+        log.info(
+            "task %s: %d-fold cross-validation grouped by subject (%s); out-of-fold predictions are pooled",
+            data.name,
+            k,
+            why,
+        )
+        self.notes.append(
+            f"Task {data.name}: {k}-fold cross-validation grouped by subject and stratified by class "
+            f"({why}); each example is tested once by the models of its fold, and the pooled out-of-fold "
+            f"predictions are scored as one test set of {len(data)} examples."
+        )
+        return cross_validation(data, k)
 
     def task(self, name: str) -> None:
         data = self.memo.task(name, self.config.task_options.get(name, {}))
@@ -360,63 +479,76 @@ class Evaluation:
         if self.config.limit and len(data) > self.config.limit:
             # the same subset whatever the run's seed: seeds perturb training, never the test examples
             data = limit_examples(data, self.config.limit, seed=0)
-        parts = {s: data.part(s) for s in ("train", "val", "test")}
-        rows = train_rows(parts["train"], self.config.train_subsample, self.config.seed)
+        folds = self.folds(data)
+        parts = [{s: data.select(getattr(fold, s)) for s in ("train", "val", "test")} for fold in folds]
+        rows = [train_rows(p["train"], self.config.train_subsample, self.config.seed) for p in parts]
+        runs = OutOfFold(data, folds)
+        models, skipped = plan_models(data, self.source, self.config)
+        self.skipped += [f"task {name}: {reason}" for reason in skipped]
+        for model in models:
+            backbone = model.make()
+            for index, (fold_parts, fold_rows) in enumerate(zip(parts, rows)):
+                self.run_model(model, backbone, data, fold_parts, fold_rows, runs, first=index == 0)
+        if "classical" in self.config.baselines and data.info.classical:
+            for fold_parts, fold_rows in zip(parts, rows):
+                start = time.time()
+                train, test = fold_parts["train"].select(fold_rows), fold_parts["test"]
+                prob = fit_predict(CLASSICAL.get(data.info.classical), train, test, self.config.seed)
+                runs.add("test", data.info.classical, "classical", prob, time.time() - start)
+        for split, pred, seconds, details in runs.pooled():
+            self.record(pred, seconds, split, **details)
+
+    def run_model(
+        self, model: Model, backbone: Backbone, data: TaskData, parts, rows, runs: OutOfFold, first: bool
+    ) -> None:
+        """Every protocol of ``model`` on one fold; probabilities go to ``runs``."""
         train, val, test = parts["train"].select(rows), parts["val"], parts["test"]
         outputs, multilabel = data.num_outputs, data.info.multilabel
         score_val = self.config.score_val and len(val) > 0
-        for model in plan_models(data, self.source, self.config):
-            backbone = model.make()
-            backbone.fit(train.inputs)
-            frozen = [p for p in model.protocols if p in FROZEN]
-            if frozen:
-                x = self.features(backbone, data, parts, rows, model.label)
-            if "linear_probe" in frozen:
-                start = time.time()
-                probe, fit = select_probe(
-                    (x["train"], train.y), (x["val"], val.y), outputs, multilabel, self.config.linear_probe
-                )
-                prob = predict_probe(probe, x["test"], multilabel)
-                self.record(
-                    predictions_for(test, model.label, "linear_probe", prob), time.time() - start, **fit
-                )
-                if score_val:
-                    prob = predict_probe(probe, x["val"], multilabel)
-                    self.record(validation(val, model.label, "linear_probe", prob), 0.0, split="val")
-            if "knn" in frozen:
-                start = time.time()
-                prob = knn_predict(x["train"], train.y, x["test"], outputs, multilabel, self.config.knn)
-                self.record(predictions_for(test, model.label, "knn", prob), time.time() - start)
-                if score_val:
-                    prob = knn_predict(x["train"], train.y, x["val"], outputs, multilabel, self.config.knn)
-                    self.record(validation(val, model.label, "knn", prob), 0.0, split="val")
-            if "fewshot" in frozen:
-                start = time.time()
-                for k, draw, prob in few_shot(
-                    x["train"], train.y, x["test"], outputs, multilabel, self.config.fewshot, self.config.seed
-                ):
-                    pred = predictions_for(test, model.label, "fewshot", prob, setting=f"k={k}")
-                    self.record(pred, time.time() - start, draw=draw)
-                    start = time.time()
-            if "finetune" in model.protocols:
-                start = time.time()
-                prob, fit = finetune(
-                    backbone,
-                    (train.inputs, train.y),
-                    (val.inputs, val.y),
-                    test.inputs,
-                    outputs,
-                    multilabel,
-                    model.finetune,
-                    device=self.device,
-                    seed=self.config.seed,
-                    description=f"{name} {model.label} fine-tune",
-                )
-                self.record(predictions_for(test, model.label, "finetune", prob), time.time() - start, **fit)
-        if "classical" in self.config.baselines and data.info.classical:
+        backbone.fit(train.inputs)
+        frozen = [p for p in model.protocols if p in FROZEN]
+        if frozen:
+            x = self.features(backbone, data, parts, rows, model.label, log_cost=first)
+        if "linear_probe" in frozen:
             start = time.time()
-            prob = fit_predict(CLASSICAL.get(data.info.classical), train, test, self.config.seed)
-            self.record(predictions_for(test, data.info.classical, "classical", prob), time.time() - start)
+            probe, fit = select_probe(
+                (x["train"], train.y), (x["val"], val.y), outputs, multilabel, self.config.linear_probe
+            )
+            prob = predict_probe(probe, x["test"], multilabel)
+            runs.add("test", model.label, "linear_probe", prob, time.time() - start, **fit)
+            if score_val:
+                runs.add("val", model.label, "linear_probe", predict_probe(probe, x["val"], multilabel))
+        if "knn" in frozen:
+            start = time.time()
+            prob = knn_predict(x["train"], train.y, x["test"], outputs, multilabel, self.config.knn)
+            runs.add("test", model.label, "knn", prob, time.time() - start)
+            if score_val:
+                prob = knn_predict(x["train"], train.y, x["val"], outputs, multilabel, self.config.knn)
+                runs.add("val", model.label, "knn", prob)
+        if "fewshot" in frozen:
+            start = time.time()
+            for k, draw, prob in few_shot(
+                x["train"], train.y, x["test"], outputs, multilabel, self.config.fewshot, self.config.seed
+            ):
+                runs.add(
+                    "test", model.label, "fewshot", prob, time.time() - start, setting=f"k={k}", draw=draw
+                )
+                start = time.time()
+        if "finetune" in model.protocols:
+            start = time.time()
+            prob, fit = finetune(
+                backbone,
+                (train.inputs, train.y),
+                (val.inputs, val.y),
+                test.inputs,
+                outputs,
+                multilabel,
+                model.finetune,
+                device=self.device,
+                seed=self.config.seed,
+                description=f"{data.name} {model.label} fine-tune",
+            )
+            runs.add("test", model.label, "finetune", prob, time.time() - start, **fit)
 
     def rows(self, pool: Executor) -> pd.DataFrame:
         """Every prediction scored (bootstrap intervals computed in ``pool``)."""
@@ -510,9 +642,11 @@ def run_eval(config: EvalConfig, memo: EvalMemo | None = None) -> dict[str, Path
         rows = evaluation.rows(pool)
         comparisons = evaluation.comparisons(pool)
     comparisons.to_csv(out / "comparisons.csv", index=False)
+    how = evaluation.notes + [f"Skipped: {reason}." for reason in evaluation.skipped]
+    summary = {"tasks": config.tasks, "rows": len(rows), "notes": how}
     if not config.report:
         rows.to_csv(out / "results.csv", index=False)
-        run.finish(tasks=config.tasks, seconds=round(time.time() - started, 1), rows=len(rows))
+        run.finish(seconds=round(time.time() - started, 1), **summary)
         return {"results.csv": out / "results.csv", "comparisons.csv": out / "comparisons.csv"}
     notes = [
         f"Encoder: {evaluation.source.label if evaluation.source else 'none (registered baselines only)'}"
@@ -521,10 +655,11 @@ def run_eval(config: EvalConfig, memo: EvalMemo | None = None) -> dict[str, Path
         "few-shot: 2.5-97.5 % range over draws.",
         f"Comparisons: paired subject bootstrap of AUROC, one-sided p for 'encoder better' "
         f"({2 * config.n_boot} resamples), and that p Holm-adjusted over every comparison of the table.",
+        *how,
     ]
     paths = write_report(
         out, rows, evaluation.predictions, title="medfm benchmark", comparisons=comparisons, notes=notes
     )
-    run.finish(tasks=config.tasks, seconds=round(time.time() - started, 1), rows=len(rows))
+    run.finish(seconds=round(time.time() - started, 1), **summary)
     log.info("results in %s (report: %s)", out, out / "report.html")
     return paths
