@@ -69,9 +69,7 @@ def resampled_metrics(
     classes with both outcomes in all of ``y`` (see the module docstring)."""
     y, prob = np.asarray(y), np.asarray(prob)
     over = auroc_classes(y, multilabel, prob.shape[1])
-    values = [
-        compute_metrics(y[idx], prob[idx], multilabel, metrics, auroc_over=over) for idx in resamples
-    ]
+    values = [compute_metrics(y[idx], prob[idx], multilabel, metrics, auroc_over=over) for idx in resamples]
     return np.array([[v[m] for m in metrics] for v in values], dtype=np.float64).reshape(-1, len(metrics))
 
 

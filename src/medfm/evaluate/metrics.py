@@ -186,4 +186,3 @@ def _mcc(confusion: np.ndarray) -> np.ndarray:
     cov_true_true = n**2 - (true_sum**2).sum(axis=1)
     denominator = cov_pred_pred * cov_true_true
     return np.where(denominator > 0, cov_true_pred / np.sqrt(np.maximum(denominator, 1)), 0.0)
-
