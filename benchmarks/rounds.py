@@ -117,9 +117,12 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def table(summary: dict[str, Any], unit: str) -> str:
     """The summary as a text table: each side's median, IQR and range, then its ratio and verdict."""
     comparisons = {c["side"]: c for c in summary["comparisons"]}
+    title = f"{summary['rounds']} rounds; {unit}"
+    if comparisons:
+        title = f"{summary['rounds']} alternating rounds; {unit}; ratio = time / {summary['order'][0]} "
+        title += "(per round), with its 95 % interval"
     lines = [
-        f"{summary['rounds']} alternating rounds; {unit}; ratio = time / {summary['order'][0]} "
-        f"(per round), with its 95 % interval",
+        title,
         f"{'side':<36} {'median':>10} {'IQR':>21} {'range':>21} {'ratio':>6} {'interval':>15}  verdict",
     ]
     for name, spread in summary["seconds"].items():

@@ -112,3 +112,11 @@ def test_summary_compares_every_side_with_the_first_and_prints_the_verdict(round
     assert verdicts == {"medfm": ("plain", 0.5, "faster"), "other": ("plain", 0.9, "parity")}
     text = rounds.table(summary, "seconds per run")
     assert "reference" in text.splitlines()[2] and "faster" in text and "parity" in text
+
+
+def test_a_side_without_reference_gets_its_spread_and_no_verdict(rounds):
+    calls: list[str] = []
+    summary = rounds.summarise(rounds.alternate({"medfm": fake_side("medfm", range(1, 8), calls)}, 7))
+    assert summary["comparisons"] == [] and summary["seconds"]["medfm"]["median"] == 4
+    text = rounds.table(summary, "seconds per step")
+    assert "ratio =" not in text and "parity" not in text and "reference" not in text
