@@ -92,3 +92,18 @@ def test_privacy_spent_is_flowers_rdp_epsilon_over_the_releases_made():
         clients=5, rounds=5, privacy=PrivacyConfig(dp="client_fixed", noise_multiplier=2.0)
     )
     assert privacy_spent(more_noise, releases=5)["epsilon"] < spent["epsilon"]
+
+
+def test_building_and_training_leave_the_callers_generator_alone():
+    def next_draw_after(work) -> torch.Tensor:
+        torch.manual_seed(1234)
+        work()
+        return torch.rand(4)
+
+    untouched = next_draw_after(lambda: None)
+    model = build_model({"icu": SERIES})["icu"]
+    config = LocalTrainingConfig(batch_size=16)
+    assert torch.equal(next_draw_after(lambda: build_model({"icu": SERIES})), untouched)
+    assert torch.equal(
+        next_draw_after(lambda: train_task(model, separable(), config, epochs=1, seed=0)), untouched
+    )

@@ -18,6 +18,7 @@ from torch import nn
 from medfm.evaluate.inputs import Split
 from medfm.evaluate.metrics import compute_metrics
 from medfm.federated.config import LocalTrainingConfig
+from medfm.seeding import seeded
 
 
 def make_optimiser(params, config: LocalTrainingConfig) -> torch.optim.Optimizer:
@@ -37,8 +38,17 @@ def train_task(
 ) -> dict[str, float]:
     """Train ``model`` (one task's classifier) on ``data`` for ``epochs``; return mean loss and steps.
 
-    A fresh optimiser each call: optimiser state is not part of what a federation exchanges.
+    A fresh optimiser each call: optimiser state is not part of what a federation exchanges. Batches and
+    any dropout are drawn from ``seed``: the same for the same round and client, whatever ran before in
+    the process, and the caller's generators are left as they were.
     """
+    with seeded(seed):
+        return _train(model, data, config, epochs, seed, proximal_mu)
+
+
+def _train(
+    model: nn.Module, data: Split, config: LocalTrainingConfig, epochs: int, seed: int, proximal_mu: float
+) -> dict[str, float]:
     model.train()
     optimiser = make_optimiser([p for p in model.parameters() if p.requires_grad], config)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None

@@ -19,6 +19,7 @@ from medfm.evaluate.inputs import QUESTION_VOCAB
 from medfm.evaluate.protocols.finetune import Classifier
 from medfm.evaluate.timeseries_backbones import SeriesBackbone, SignalBackbone
 from medfm.models.encoders import create_encoder
+from medfm.seeding import seeded
 
 
 class QuestionBackbone(Backbone):
@@ -51,8 +52,10 @@ def build_backbone(spec: dict[str, Any]) -> Backbone:
 
 def build_model(tasks: dict[str, Any], seed: int = 0) -> nn.ModuleDict:
     """One binary classifier per task, seeded so every holder builds the same initial weights."""
-    torch.manual_seed(seed)
-    return nn.ModuleDict({name: Classifier(build_backbone(task["model"]), 2) for name, task in tasks.items()})
+    with seeded(seed):
+        return nn.ModuleDict(
+            {name: Classifier(build_backbone(task["model"]), 2) for name, task in tasks.items()}
+        )
 
 
 def exchanged(model: nn.Module) -> dict[str, torch.Tensor]:
