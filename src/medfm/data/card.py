@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medfm.data.shards import catalog_path, read_picture
+from medfm.data.shards import LINKS, catalog_path, read_picture
 
 GRID_SIDE = 4  # sample grids are GRID_SIDE x GRID_SIDE pictures per modality
 
@@ -41,6 +41,7 @@ def write_card(corpus: str | Path, out: str | Path | None = None, seed: int = 0)
     for column, title in (("modality", "Modality"), ("anatomy", "Anatomy"), ("source", "Source")):
         lines += [f"## Images by {title.lower()} and split", "", _counts_table(catalog, column, title), ""]
     lines += ["## Subjects by split", "", _subjects_table(catalog), ""]
+    lines += _link_lines(summary, corpus / LINKS)
     lines += ["## Figures", ""] + [f"![{title}]({path.name})" for title, path in figures.items()] + [""]
     lines += ["## Sample images per modality", ""]
     lines += [f"### {modality}\n\n![{modality} samples]({path.name})\n" for modality, path in grids.items()]
@@ -67,6 +68,46 @@ def _summary_lines(summary: dict, catalog: pd.DataFrame) -> list[str]:
         f"- subjects in more than one split: {summary.get('subjects_in_several_splits', 'not checked')}",
         "",
     ]
+
+
+def _link_lines(summary: dict, links_file: Path) -> list[str]:
+    """How derived pictures were linked to their originals' subjects, the calibration, and every link."""
+    links = summary.get("links", {})
+    groups = summary.get("subject_groups", {})
+    lines = ["## Subjects joined by content", ""]
+    lines += [
+        "A derived dataset's pictures are linked to the subjects of their originals by thumbnail correlation "
+        f"(r >= {links.get('threshold', '?')}), and exact copies join the subjects of the pictures they "
+        "copy; every group of joined subjects sits in one split, the most held-out any member asks for. "
+        f"{groups.get('joined_groups', 0):,} groups join {groups.get('keys_joined', 0):,} subject keys "
+        f"(largest: {groups.get('largest', 1)} keys).",
+        "",
+    ]
+    pairs = links.get("pairs", {})
+    if pairs:
+        rows = [{"derived -> original": pair, **values} for pair, values in pairs.items()]
+        lines += [
+            "Calibration: `false_links_between_known_patients` counts originals whose 70 % crop (a stand-in "
+            "for a derived picture of a known patient) reaches the threshold against another patient's "
+            "picture.",
+            "",
+            _markdown(pd.DataFrame(rows)),
+            "",
+        ]
+    table = pd.read_parquet(links_file) if links_file.is_file() else pd.DataFrame()
+    if len(table):
+        shown = table[["derived_source", "derived_sample", "original_key", "r", "ambiguous"]].assign(
+            r=table["r"].astype(float).round(4)
+        )
+        lines += [
+            f"<details><summary>All {len(table):,} links (also in <code>{links_file.name}</code>)</summary>",
+            "",
+            _markdown(shown),
+            "",
+            "</details>",
+            "",
+        ]
+    return lines
 
 
 def _counts_table(catalog: pd.DataFrame, column: str, title: str) -> str:

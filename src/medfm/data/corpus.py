@@ -8,7 +8,10 @@ Stages:
    the adapter cannot use are counted by reason.
 2. *dedupe*: drop exact copies, then near copies (perceptual hash within ``near_duplicate_bits``);
    the first occurrence in config order is kept, and every drop is listed in ``duplicates.parquet``.
-3. *split*: each (source, subject) goes to one split by a keyed hash (``medfm.data.splits``).
+3. *split*: a derived source's pictures are linked to their originals' subjects by content
+   (``medfm.data.links``), exact copies join the subjects of the pictures they copy, and each group of
+   joined subjects goes to one split: the most held-out any of its pictures asks for under its source's
+   split rule, which the evaluation tasks over that source follow too (``medfm.data.subjects``).
 4. *shard*: samples are spread over WebDataset tar shards per split (random shard per sample, so every
    shard mixes sources) and described in ``catalog.parquet``.
 
@@ -38,10 +41,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medfm.data.dedup import HASH_BITS, near_duplicate_of, perceptual_hash, pixel_digest
+from medfm.data.links import CROPS, DEFAULT_THRESHOLD, THUMB, false_links, link, thumbnails
 from medfm.data.salt import SALT_ENV, corpus_salt, write_corpus_salt
-from medfm.data.shards import CATALOG, ShardSetWriter, encode_png
-from medfm.data.sources import open_source, source_options
-from medfm.data.splits import check_fractions, subject_splits, subjects_in_several_splits
+from medfm.data.shards import CATALOG, LINKS, ShardSetWriter, encode_png
+from medfm.data.sources import SOURCES, open_source, source_options
+from medfm.data.splits import check_fractions, subjects_in_several_splits
+from medfm.data.subjects import group_splits, subject_groups
 from medfm.data.tables import json_value
 from medfm.data.transforms import FIT_MODES, fit_to_size, pictures
 from medfm.errors import ConfigError, DataError
@@ -76,6 +81,8 @@ class CorpusConfig:
     slice_step: int = 1
     min_slice_foreground: float = 0.1  # drop slices with less non-zero area than this fraction
     near_duplicate_bits: int = 8  # Hamming radius on the 256-bit pHash; -1 keeps near duplicates
+    link_threshold: float = DEFAULT_THRESHOLD  # thumbnail r that links a derived picture to its original
+    # fractions of sources that declare none (a source's rule may set its own, see medfm.data.splits)
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     split_seed: int = 0
     shard_size: int = 1000  # samples per shard (about)
@@ -143,6 +150,7 @@ def stage_source(
     staging: Path,
     encode: Encoder,
     salt: str,
+    thumbs: bool = False,
 ) -> StageResult:
     """Stage one source: its pictures' metadata, hashes and PNG bytes into a Parquet file.
 
@@ -169,7 +177,7 @@ def stage_source(
     images = 0
     writer: pq.ParquetWriter | None = None
     try:
-        for rows in _batched(encode(items()), 256):
+        for rows in _batched(encode(items(), thumbs), 256):
             table = pa.Table.from_pylist([row | encoded for row, encoded in rows])
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
@@ -207,10 +215,11 @@ def _meta_row(source_index, meta, slice_info, original) -> dict[str, Any]:
     }
 
 
-def encode_picture(picture: np.ndarray, size: int, fit: str) -> dict[str, Any]:
-    """The per-picture work of a build (in a worker process): fit, hash, PNG-encode."""
+def encode_picture(picture: np.ndarray, size: int, fit: str, thumbs: bool = False) -> dict[str, Any]:
+    """The per-picture work of a build (in a worker process): fit, hash, PNG-encode; with ``thumbs``,
+    the thumbnails that link derived pictures to originals (from the picture as read, before fitting)."""
     fitted = fit_to_size(picture, size, fit)
-    return {
+    encoded = {
         "channels": int(fitted.shape[0]),
         "mean": float(fitted.mean() / 255.0),
         "std": float(fitted.std() / 255.0),
@@ -218,13 +227,16 @@ def encode_picture(picture: np.ndarray, size: int, fit: str) -> dict[str, Any]:
         "phash": f"{perceptual_hash(fitted):0{HASH_BITS // 4}x}",
         "png": encode_png(fitted),
     }
+    return encoded | ({"thumbs": thumbnails(picture).tobytes()} if thumbs else {})
 
 
-Encoder = Callable[[Iterator[tuple[dict[str, Any], np.ndarray]]], Iterator[tuple[dict[str, Any], dict]]]
+Encoder = Callable[[Iterator[tuple[dict[str, Any], np.ndarray]], bool], Iterator[tuple[dict[str, Any], dict]]]
 
 
-def _encode_chunk(pictures_chunk: list[np.ndarray], size: int, fit: str) -> list[dict[str, Any]]:
-    return [encode_picture(picture, size, fit) for picture in pictures_chunk]
+def _encode_chunk(
+    pictures_chunk: list[np.ndarray], size: int, fit: str, thumbs: bool
+) -> list[dict[str, Any]]:
+    return [encode_picture(picture, size, fit, thumbs) for picture in pictures_chunk]
 
 
 def make_encoder(
@@ -235,16 +247,16 @@ def make_encoder(
     At most a few chunks per worker are in flight, so memory stays bounded however large the source.
     """
 
-    def encode(items):
+    def encode(items, thumbs: bool = False):
         if pool is None:
             for row, picture in items:
-                yield row, encode_picture(picture, size, fit)
+                yield row, encode_picture(picture, size, fit, thumbs)
             return
         in_flight: deque = deque()
         limit = 4 * workers
         for rows_and_pictures in _batched(items, chunk):
             rows = [row for row, _ in rows_and_pictures]
-            future = pool.submit(_encode_chunk, [p for _, p in rows_and_pictures], size, fit)
+            future = pool.submit(_encode_chunk, [p for _, p in rows_and_pictures], size, fit, thumbs)
             in_flight.append((rows, future))
             while len(in_flight) >= limit:
                 yield from _drain(in_flight.popleft())
@@ -303,20 +315,32 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
         raise DataError("no images were produced by any source; see the skipped-file warnings above")
     table = pd.concat([_staged_metadata(r.staging) for r in staged if r.images], ignore_index=True)
 
-    table, duplicates = _dedupe(table, config.near_duplicate_bits)
     table["subject_key"] = table["source"] + "/" + table["subject_id"]
-    split_of = subject_splits(table["subject_key"], config.splits, config.split_seed)
-    table["split"] = table["subject_key"].map(split_of)
-    leaked = subjects_in_several_splits(table)
-    if leaked:  # cannot happen by construction; checked because a leak would be silent otherwise
-        raise AssertionError(f"subjects in several splits: {leaked[:5]}")
+    table, duplicates = _dedupe(table, config.near_duplicate_bits)
+    table["adapter"] = table["source_index"].map({r.index: r.adapter for r in staged})
+    links, calibration = _link_derived(table, staged, config.link_threshold)
+    copies = duplicates[duplicates["reason"] == "exact"]
+    joins = [
+        *zip(links["derived_key"], links["original_key"]),
+        *zip(copies["subject_key"], copies["copy_of"]),
+    ]
+    table["group"] = table["subject_key"].map(subject_groups(table["subject_key"], joins))
+    rules = {r.adapter: SOURCES.get(r.adapter).info.split for r in staged}
+    table["split"] = group_splits(table, rules, config.splits, config.split_seed)
+    for column in ("subject_key", "group"):
+        leaked = subjects_in_several_splits(table, subject=column)
+        if leaked:  # cannot happen by construction; checked because a leak would be silent otherwise
+            raise AssertionError(f"subjects in several splits: {leaked[:5]}")
 
     table = _write_shards(table, staged, out, config)
-    table.drop(columns=["source_index", "row"]).to_parquet(out / CATALOG, index=False)
+    table.drop(columns=["source_index", "row", "adapter"]).to_parquet(out / CATALOG, index=False)
     duplicates.to_parquet(out / "duplicates.parquet", index=False)
+    links.to_parquet(out / LINKS, index=False)
     shutil.rmtree(staging)
 
     summary = _summary(config, staged, table, duplicates, time.perf_counter() - started)
+    summary["links"] = _link_summary(links, calibration, config.link_threshold)
+    summary["subject_groups"] = _group_summary(table)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "sources.json").write_text(json.dumps([_source_entry(r) for r in staged], indent=2) + "\n")
     run.log(stage="done", **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -336,9 +360,18 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _staged_metadata(path: str) -> pd.DataFrame:
-    """Every staged column but the PNG bytes (those stay on disk until the shards are written)."""
-    columns = [name for name in pq.read_schema(path).names if name != "png"]
+    """Every staged column but the PNG bytes and thumbnails (read from disk when needed)."""
+    columns = [name for name in pq.read_schema(path).names if name not in ("png", "thumbs")]
     return pd.read_parquet(path, columns=columns)
+
+
+def _staged_thumbnails(path: str, rows: np.ndarray) -> np.ndarray:
+    """``[len(rows), crops, 784]`` uint8 thumbnails of the staged file's ``rows``."""
+    column = pq.read_table(path, columns=["thumbs"]).column("thumbs").to_pylist()
+    out = np.zeros((len(rows), len(CROPS), THUMB * THUMB), np.uint8)
+    for i, r in enumerate(rows):
+        out[i] = np.frombuffer(column[r], np.uint8).reshape(len(CROPS), -1)
+    return out
 
 
 def _staged_pngs(path: str) -> Iterator[bytes]:
@@ -351,9 +384,11 @@ def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path, salt: str
     try:
         encode = make_encoder(pool, config.workers, config.image_size, config.fit)
         results = []
+        linking = linked_adapters([spec.adapter for spec in config.sources])
         for index, (spec, root) in enumerate(zip(config.sources, roots)):
             encode_counted = _counted(encode, spec.adapter)
-            result = stage_source(index, spec, root, config, staging, encode_counted, salt)
+            thumbs = spec.adapter in linking
+            result = stage_source(index, spec, root, config, staging, encode_counted, salt, thumbs)
             log.info(
                 "staged %s: %d samples -> %d images in %.1f s (%d skipped)",
                 result.source,
@@ -369,9 +404,20 @@ def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path, salt: str
             pool.shutdown(cancel_futures=True)
 
 
+def derived_pairs(adapters: list[str]) -> list[tuple[str, str]]:
+    """(derived, original) adapter pairs of a corpus: sources that resample another source it holds."""
+    present = set(adapters)
+    pairs = [(name, SOURCES.get(name).info.derived_from) for name in dict.fromkeys(adapters)]
+    return [(derived, original) for derived, original in pairs if original in present]
+
+
+def linked_adapters(adapters: list[str]) -> set[str]:
+    return {name for pair in derived_pairs(adapters) for name in pair}
+
+
 def _counted(encode: Encoder, name: str) -> Encoder:
     """``encode`` with a progress bar (pictures and pictures/s) for one source."""
-    return lambda items: progress(encode(items), f"staging {name}", unit="images")
+    return lambda items, thumbs=False: progress(encode(items, thumbs), f"staging {name}", unit="images")
 
 
 def _dedupe(table: pd.DataFrame, near_bits: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -379,15 +425,22 @@ def _dedupe(table: pd.DataFrame, near_bits: int) -> tuple[pd.DataFrame, pd.DataF
     table = table.sort_values(["source_index"], kind="stable").reset_index(drop=True)
     table["row"] = table.groupby("source_index").cumcount()
     first_exact = table.groupby("sha256").cumcount() == 0
+    originals = table[first_exact].set_index("sha256")
     exact = table[~first_exact].assign(
         reason="exact",
-        duplicate_of=lambda d: d["sha256"].map(table[first_exact].set_index("sha256")["sample_id"]),
+        duplicate_of=lambda d: d["sha256"].map(originals["sample_id"]),
+        copy_of=lambda d: d["sha256"].map(originals["subject_key"]),
     )
     kept = table[first_exact].reset_index(drop=True)
     leader = np.array(near_duplicate_of([int(h, 16) for h in kept["phash"]], near_bits))
     is_first = leader == np.arange(len(kept))
-    near = kept[~is_first].assign(reason="near", duplicate_of=kept["sample_id"].to_numpy()[leader[~is_first]])
-    columns = ["source", "sample_id", "subject_id", "slice_axis", "slice_index", "reason", "duplicate_of"]
+    near = kept[~is_first].assign(
+        reason="near",
+        duplicate_of=kept["sample_id"].to_numpy()[leader[~is_first]],
+        copy_of=kept["subject_key"].to_numpy()[leader[~is_first]],
+    )
+    columns = ["source", "sample_id", "subject_id", "subject_key", "slice_axis", "slice_index", "reason"]
+    columns += ["duplicate_of", "copy_of"]
     dropped = pd.concat([exact[columns], near[columns]], ignore_index=True)
     return kept[is_first].reset_index(drop=True), dropped
 
@@ -433,6 +486,83 @@ def _write_shards(
 
 def _source_entry(result: StageResult) -> dict[str, Any]:
     return {"source": result.source, "adapter": result.adapter, **result.info}
+
+
+def _link_derived(
+    table: pd.DataFrame, staged: list[StageResult], threshold: float
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Each derived source's pictures linked to the originals' subjects (one row per link), and per pair
+    of sources the calibration: links the threshold makes between known different patients."""
+    files = {r.adapter: r.staging for r in staged}
+    found, calibration = [], {}
+    for derived, original in derived_pairs([r.adapter for r in staged]):
+        d_rows, o_rows = (table[table["adapter"] == name] for name in (derived, original))
+        d_thumbs = _staged_thumbnails(files[derived], d_rows["row"].to_numpy())
+        o_thumbs = _staged_thumbnails(files[original], o_rows["row"].to_numpy())
+        subjects = o_rows["subject_key"].to_numpy()
+        log.info("linking %d %s pictures to %d %s pictures", len(d_rows), derived, len(o_rows), original)
+        links = link(d_thumbs, o_thumbs, subjects, threshold)
+        hit = links.linked
+        targets = o_rows.iloc[links.original[hit]]
+        found.append(
+            pd.DataFrame(
+                {
+                    "derived_source": derived,
+                    "derived_sample": d_rows["sample_id"].to_numpy()[hit],
+                    "derived_key": d_rows["subject_key"].to_numpy()[hit],
+                    "original_source": original,
+                    "original_sample": targets["sample_id"].to_numpy(),
+                    "original_key": targets["subject_key"].to_numpy(),
+                    "r": links.r[hit],
+                    "ambiguous": links.ambiguous[hit],
+                    "labels_agree": [
+                        _same_labels(a, b)
+                        for a, b in zip(d_rows["labels"].to_numpy()[hit], targets["labels"])
+                    ],
+                }
+            )
+        )
+        calibration[f"{derived} -> {original}"] = {
+            "derived": len(d_rows),
+            **false_links(o_thumbs, subjects, threshold),
+        }
+    columns = ["derived_source", "derived_sample", "derived_key", "original_source", "original_sample"]
+    columns += ["original_key", "r", "ambiguous", "labels_agree"]
+    return (pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=columns)), calibration
+
+
+def _same_labels(derived: str, original: str) -> bool | None:
+    """Whether two pictures' labels share a value (lower case, any label key); None when either has none."""
+    a, b = ({str(v).lower() for v in json.loads(labels).values()} for labels in (derived, original))
+    return bool(a & b) if a and b else None
+
+
+def _link_summary(links: pd.DataFrame, calibration: dict, threshold: float) -> dict[str, Any]:
+    summary = {"threshold": threshold, "pairs": {}}
+    for pair, checked in calibration.items():
+        derived = pair.split(" -> ")[0]
+        rows = links[links["derived_source"] == derived]
+        agree = rows["labels_agree"].dropna()
+        summary["pairs"][pair] = {
+            "linked": len(rows),
+            "of": checked["derived"],
+            "ambiguous": int(rows["ambiguous"].sum()),
+            "labels_agree": f"{int(agree.sum())}/{len(agree)}",
+            "false_links_between_known_patients": checked["false_links"],
+            "originals_checked": checked["pictures_checked"],
+            "highest_r_between_patients": round(checked["highest_r"], 4),
+        }
+    return summary
+
+
+def _group_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """How many subject keys content joined, and the largest group (a runaway join would show here)."""
+    keys = table.groupby("group")["subject_key"].nunique()
+    return {
+        "joined_groups": int((keys > 1).sum()),
+        "keys_joined": int(keys[keys > 1].sum()),
+        "largest": int(keys.max()),
+    }
 
 
 def _summary(config, staged, table, duplicates, seconds) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from medfm.errors import DataError
 
 CATALOG = "catalog.parquet"
+LINKS = "links.parquet"  # derived pictures linked to their originals' subjects (corpus build)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from medfm.data.splits import SplitRule
 from medfm.errors import ConfigError, DataError
 from medfm.log import get_logger
 from medfm.registry import Registry
@@ -34,7 +35,11 @@ REQUIRED_META = ("source", "sample_id", "subject_id", "modality", "anatomy", "li
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What a source is; shown in the data card's license and citation table."""
+    """What a source is; shown in the data card's license and citation table.
+
+    ``split`` is how its subjects are split, in a corpus and in the tasks over it (see
+    :mod:`medfm.data.splits`); ``derived_from`` names the source whose images this one resamples (its
+    images are linked to their originals' subjects by content, :mod:`medfm.data.links`)."""
 
     kind: str  # image | volume | signal | series | table | text | vqa
     modality: str  # default modality of its samples (lower case: xray, ct, mr, fundus, ecg, ...)
@@ -42,6 +47,8 @@ class SourceInfo:
     license: str
     citation: str = ""
     description: str = ""
+    split: SplitRule = field(default_factory=SplitRule)
+    derived_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.image_folder import read_image
+from medfm.data.splits import SplitRule
 from medfm.data.tables import check_contained
 from medfm.errors import DataError
 
@@ -71,6 +72,8 @@ class IdridFundusSource(SourceAdapter):
             "Boxes: von Csefalvay C. CODRAS: The COnsolidated Diabetic Retinopathy Assessment Set, 2019."
         ),
         description="Colour fundus photographs with optic disc, hard exudate and haemorrhage boxes.",
+        # the lesion task needs 40 % test photographs to hold both outcomes of each label (see its doc)
+        split=SplitRule(fractions=(("train", 0.6), ("val", 0.0), ("test", 0.4))),
     )
 
     def __init__(

@@ -16,6 +16,7 @@ import pandas as pd
 
 from medfm.data.io import IMAGE_ERRORS, load_image
 from medfm.data.sources.base import SkipLog, SourceAdapter, SourceInfo, register_source
+from medfm.data.splits import SplitRule
 from medfm.data.tables import check_index_paths, json_value, read_csv_table
 from medfm.errors import ConfigError
 
@@ -38,6 +39,12 @@ def read_image(
 def read_index_csv(path: Path, *, required: list[str], text_columns: list[str]) -> pd.DataFrame:
     """Read an index CSV (``text_columns`` kept as strings); :class:`DataError` if unusable."""
     return read_csv_table(path, what="index file", required=required, dtype=dict.fromkeys(text_columns, str))
+
+
+def folder_source(root: str | Path) -> str:
+    """The source name of a user's image folder, ``image_folder:<folder name>``: the corpus and the
+    ``image_folder`` task key its subjects the same way, and two folders' subjects never collide."""
+    return f"image_folder:{Path(root).expanduser().resolve().name}"
 
 
 @register_source("image_folder")
@@ -73,6 +80,7 @@ class ImageFolderSource(SourceAdapter):
     )
     default_label_columns: ClassVar[list[str] | None] = None
     default_subject_pattern: ClassVar[str | None] = None
+    named_by_folder: ClassVar[bool] = True  # a user's folder: its source name carries the folder's name
 
     def __init__(
         self,
@@ -91,7 +99,8 @@ class ImageFolderSource(SourceAdapter):
         source: str | None = None,
         license: str | None = None,
     ):
-        super().__init__(root, source=source, license=license)
+        named = source or (folder_source(root) if self.named_by_folder else None)
+        super().__init__(root, source=named, license=license)
         self.labels_path = self.root / labels_file
         self.path_column = path_column
         self.subject_column = subject_column
@@ -191,6 +200,7 @@ class PediatricPneumoniaXraySource(ImageFolderSource):
     it is treated as one subject, the cautious reading for leakage-free splits.
     """
 
+    named_by_folder: ClassVar[bool] = False
     info: ClassVar[SourceInfo] = SourceInfo(
         kind="image",
         modality="xray",
@@ -201,6 +211,8 @@ class PediatricPneumoniaXraySource(ImageFolderSource):
             "Image-Based Deep Learning. Cell 172(5):1122-1131, 2018."
         ),
         description="Paediatric chest X-rays (Guangzhou), NORMAL vs PNEUMONIA, resized to 224x224.",
+        # one task splits by patient hash, another evaluates on the official test split: hold out both
+        split=SplitRule(official_test=True),
     )
     default_label_columns: ClassVar[list[str] | None] = ["label"]
     default_subject_pattern: ClassVar[str | None] = r"^((?:NORMAL\d*-)?IM-\d+|person\d+)"

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from medfm.data.sources.base import SourceAdapter, SourceInfo, register_source
 from medfm.data.sources.image_folder import read_image
+from medfm.data.splits import SplitRule
 from medfm.data.tables import check_contained
 from medfm.errors import ConfigError, DataError
 
@@ -88,6 +89,8 @@ class VqaRadSource(SourceAdapter):
             "questions and answers about radiology images. Scientific Data 5:180251, 2018."
         ),
         description="Radiology VQA on head CT/MRI, chest X-ray and abdominal CT; closed and open questions.",
+        # the task evaluates on the official test questions: every image they ask about is held out
+        split=SplitRule(hashed=False, official_test=True),
     )
 
     def __init__(
@@ -191,5 +194,9 @@ class VqaRadSource(SourceAdapter):
             if image is None:
                 continue
             splits = sorted({qa["official_split"] for qa in self.questions.get(image_name, [])})
-            meta = self.meta(sample_id=shared["subject_id"], **shared, splits=splits)
+            # an image asked about in the official test split is a test image, wherever else it occurs
+            official = "test" if "test" in splits else (splits[0] if splits else None)
+            meta = self.meta(
+                sample_id=shared["subject_id"], **shared, splits=splits, official_split=official
+            )
             yield {"image": image, "meta": meta}

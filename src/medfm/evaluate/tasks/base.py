@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medfm.data.splits import assign_split, check_fractions
+from medfm.data.splits import OFFICIAL_NAMES, assign_split, check_fractions
 from medfm.errors import ConfigError, DataError
 from medfm.log import get_logger
 from medfm.registry import Registry
@@ -228,10 +228,8 @@ def official_split(example: Example, source: str, carve_val: bool = False) -> st
     """The dataset's own split; a validation part is carved from its training split by subject when the
     dataset has none (10 %, keyed hash, so it never holds a subject of the remaining training part)."""
     name = (example.official_split or "").lower()
-    if name in ("test", "testing"):
-        return "test"
-    if name in ("val", "valid", "validation"):
-        return "val"
+    if name in OFFICIAL_NAMES:
+        return OFFICIAL_NAMES[name]
     if name in ("train", "training"):
         return (
             assign_split(f"{source}/{example.subject}", {"train": 0.9, "val": 0.1}) if carve_val else "train"

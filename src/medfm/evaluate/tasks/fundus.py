@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from medfm.data.sources import open_source
+from medfm.data.sources.fundus import IdridFundusSource
 from medfm.errors import DataError
 from medfm.evaluate.tasks.base import Example, Task, TaskInfo, register_task
 from medfm.log import get_logger
@@ -31,11 +32,10 @@ class IdridLesions(Task):
     this subset, so each photograph is its own subject and two eyes of one person may fall in different
     splits.
 
-    Split: keyed hash with train 0.6 / val 0 / test 0.4 (empty validation split). The corpus fractions
-    would leave 6 test images; these give 51 training images (23 with hard exudates, 29 with
-    haemorrhages) and 20 test images (9 and 10), each label with both outcomes in both splits. The test
-    split holds the subjects a medfm corpus of ``idrid_fundus`` holds out (hash positions 0.8-1) plus
-    some it trains on (0.6-0.8), so its test subjects may have been in a pretraining corpus.
+    Split: keyed hash with train 0.6 / val 0 / test 0.4 (empty validation split), the source's own split
+    rule, which a medfm corpus of ``idrid_fundus`` follows too. The corpus's default fractions would leave
+    6 test images; these give 51 training images (23 with hard exudates, 29 with haemorrhages) and 20 test
+    images (9 and 10), each label with both outcomes in both splits.
     """
 
     info = TaskInfo(
@@ -46,7 +46,7 @@ class IdridLesions(Task):
         folder="fundus-idrid-subset",
         classes=LESIONS,
         multilabel=True,
-        fractions=(("train", 0.6), ("val", 0.0), ("test", 0.4)),
+        fractions=IdridFundusSource.info.split.fractions,
         citation=(
             "Porwal P, et al. Indian Diabetic Retinopathy Image Dataset (IDRiD). Data 3(3):25, 2018. "
             "Boxes: von Csefalvay C. CODRAS, 2019."

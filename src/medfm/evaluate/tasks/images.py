@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from medfm.data.sources import open_source
+from medfm.data.sources.image_folder import folder_source
 from medfm.evaluate.tasks.base import CORPUS_FRACTIONS, Example, Task, TaskInfo, register_task
 
 KERMANY = (
@@ -140,7 +141,7 @@ class ImageFolderTask(SourceImageTask):
             modality=modality,
             split=split,
             fractions=tuple((fractions or CORPUS_FRACTIONS).items()),
-            source=f"image_folder:{self.root.name}",
+            source=folder_source(self.root),
             description=f"Images of {self.root.name}/labels.csv labelled by {label_column!r}"
             + (f", split by {id_column!r}" if id_column else ""),
         )
