@@ -143,6 +143,8 @@ class ContinualConfig:
     bootstrap: int = 1000  # subject resamples for the intervals of the final scores (0: none)
     seed: int = 0
     workers: int = 1  # strategies trained side by side in this many processes (0: in this process)
+    # a trunk whose pretraining saw an experience's test subject stops the run; true goes on, logging it
+    allow_seen: bool = False
 
     @property
     def folder(self) -> str:

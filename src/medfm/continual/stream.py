@@ -26,6 +26,7 @@ from medfm.errors import ConfigError, DataError
 from medfm.evaluate.backbones import Backbone
 from medfm.evaluate.encoders import EncoderSource, build_backbone, resolve_encoder
 from medfm.evaluate.inputs import Split, model_inputs
+from medfm.evaluate.seen import check_task, pretraining_of, refuse_or_flag
 from medfm.evaluate.tasks import TASKS, TaskData
 from medfm.evaluate.timeseries_backbones import SeriesBackbone, SignalBackbone
 from medfm.log import get_logger
@@ -98,6 +99,7 @@ def build_stream(config: ContinualConfig) -> Stream:
     """Read, relabel, check and preprocess every experience of ``config``."""
     config.check()
     trunk = resolve_encoder(config.encoder)
+    pretraining = pretraining_of(trunk)
     if trunk.spatial_dims != 2:
         raise ConfigError(f"the shared trunk must be a 2D ViT; {trunk.label} is a volume encoder")
     for spec in config.experiences:  # every task name checked before any data is read
@@ -113,6 +115,17 @@ def build_stream(config: ContinualConfig) -> Stream:
         if key not in loaded:
             loaded[key] = open_task(spec).load()
         data, classes = relabel(loaded[key], spec)
+        if pretraining is not None:
+            test = np.flatnonzero(data.split == "test")
+            check = check_task(data, test, pretraining)
+            log.info(
+                "experience %s: %d of %d test subjects seen in pretraining (%s)",
+                spec.label,
+                check.subjects,
+                check.of,
+                check.how,
+            )
+            refuse_or_flag(data, test, check, config.allow_seen, pretraining.bundle)
         kind = data.info.kind
         if kind not in KINDS:
             raise ConfigError(

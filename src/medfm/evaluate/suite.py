@@ -41,6 +41,7 @@ from medfm.evaluate.protocols.knn import KnnConfig, knn_predict
 from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, predict_probe, select_probe
 from medfm.evaluate.report import COMPARISON_COLUMNS, write_report
 from medfm.evaluate.scoring import score, score_draws
+from medfm.evaluate.seen import SEEN_COLUMN, check_task, pretraining_of, refuse_or_flag
 from medfm.evaluate.subsample import TrainSubsample, limit_examples, train_rows
 from medfm.evaluate.tasks import TASKS, TaskData, TaskInfo
 from medfm.evaluate.tasks.base import PROTOCOLS
@@ -92,6 +93,9 @@ class EvalConfig:
     # than cv_below examples, 0 never, k >= 2 for every task with a subject split
     cv_folds: int = AUTO
     cv_below: int = 2000
+    # a bundle whose pretraining saw a task's test subject stops the run; true reports the whole test set
+    # and the eval set unseen_subjects apart (see evaluate/seen.py)
+    allow_seen: bool = False
     train_subsample: TrainSubsample = field(default_factory=TrainSubsample)  # learn from fewer subjects
     intensity: str = "encoder"  # image normalisation: the encoder's statistics, or per_image
     n_boot: int = 1000
@@ -382,6 +386,8 @@ class Evaluation:
         self.draws: dict[tuple[str, str, str], list[Predictions]] = defaultdict(list)
         self.memo = memo or EvalMemo()
         self.source = resolve_encoder(config.encoder) if config.encoder else None
+        self.pretraining = pretraining_of(self.source)
+        self.seen: dict[str, set[str]] = {}  # per checked task: the test subjects pretraining saw
         self.infos: dict[str, TaskInfo] = {}  # as loaded: a folder task's modality is the user's
         self.notes: list[str] = []  # how tasks were evaluated, where it is not the default
         self.skipped: list[str] = []  # requested baselines that could not run, with the reason
@@ -473,6 +479,19 @@ class Evaluation:
         )
         return cross_validation(data, k)
 
+    def check_seen(self, data: TaskData, test: np.ndarray) -> TaskData:
+        """Count the test subjects the encoder saw in pretraining; stop, or flag the unseen ones."""
+        if self.pretraining is None:
+            return data
+        check = check_task(data, test, self.pretraining)
+        if check.checked:
+            self.seen[data.name] = set(data.subjects[test][check.seen].astype(str))
+        self.notes.append(
+            f"Task {data.name}: {check.subjects} of {check.of} test subjects seen in pretraining "
+            f"({check.how})."
+        )
+        return refuse_or_flag(data, test, check, self.config.allow_seen, self.pretraining.bundle)
+
     def task(self, name: str) -> None:
         data = self.memo.task(name, self.config.task_options.get(name, {}))
         self.infos[name] = data.info
@@ -480,6 +499,7 @@ class Evaluation:
             # the same subset whatever the run's seed: seeds perturb training, never the test examples
             data = limit_examples(data, self.config.limit, seed=0)
         folds = self.folds(data)
+        data = self.check_seen(data, np.concatenate([fold.test for fold in folds]))
         parts = [{s: data.select(getattr(fold, s)) for s in ("train", "val", "test")} for fold in folds]
         rows = [train_rows(p["train"], self.config.train_subsample, self.config.seed) for p in parts]
         runs = OutOfFold(data, folds)
@@ -568,7 +588,23 @@ class Evaluation:
         rows = [row for job in jobs for row in job.result()]
         for (task, _, _), draws in self.draws.items():
             rows += score_draws(draws, self.infos[task].modality)
-        return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+        table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+        if self.pretraining is not None:
+            counts = self.seen_counts()
+            table[SEEN_COLUMN] = [counts.get(key, np.nan) for key in zip(table["task"], table["eval_set"])]
+        return table
+
+    def seen_counts(self) -> dict[tuple[str, str], int]:
+        """(task, eval set) -> how many of the set's subjects the encoder saw in pretraining."""
+        counts = {}
+        for pred in self.predictions:
+            seen = self.seen.get(pred.task)
+            if seen is None:
+                continue
+            subjects = pred.subjects.astype(str)
+            for name, mask in {"test": np.ones(len(subjects), bool), **pred.flags}.items():
+                counts[(pred.task, name)] = len(set(subjects[np.asarray(mask, bool)]) & seen)
+        return counts
 
     def comparisons(self, pool: Executor) -> pd.DataFrame:
         """The encoder against each baseline, paired on the same test subjects (AUROC)."""

@@ -36,7 +36,9 @@ from medfm.tensor_files import storable
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "MODEL_CARD.md"
-BUNDLE_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, CARD_FILE})
+SEEN_FILE = "seen_subjects.safetensors"  # the hashed subjects pretraining saw (medfm.data.seen)
+EXTRA_FILES = frozenset({SEEN_FILE})
+BUNDLE_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, *EXTRA_FILES})
 
 # Where known methods and wrappers keep the encoder, tried in this order when a bundle records no prefix.
 KNOWN_PREFIXES = ("encoder.", "teacher_encoder.", "student_encoder.", "backbone.", "module.")
@@ -262,8 +264,12 @@ def save_bundle(
     state_dict: Mapping[str, torch.Tensor],
     config: Mapping[str, Any],
     card: str | None = None,
+    files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a bundle folder atomically and return its path.
+
+    ``files`` are further safetensors files of the bundle by name (:data:`EXTRA_FILES`: the record of
+    the subjects the encoder was trained on).
 
     The files are written to a temporary folder next to ``directory`` which then replaces it, so a
     reader never sees half a bundle. An existing folder is replaced only when it is empty or a bundle.
@@ -296,6 +302,10 @@ def save_bundle(
         )
         (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         (staging / CARD_FILE).write_text(card if card is not None else default_card(config), encoding="utf-8")
+        for name, extra in (files or {}).items():
+            if name not in EXTRA_FILES:
+                raise MedfmError(f"a bundle holds no file {name!r}; it may hold {sorted(EXTRA_FILES)}")
+            save_file(storable(extra), str(staging / name))
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             os.replace(directory, old / "bundle")

@@ -9,13 +9,15 @@ from typing import Any
 import pandas as pd
 
 from medfm.config import config_to_dict, load_config
+from medfm.data.seen import SeenSubjects
 from medfm.data.shards import CATALOG
 from medfm.engine.checkpoint import STATE, latest_checkpoint, load_tensors
 from medfm.errors import MedfmError
-from medfm.models.bundle import save_bundle
+from medfm.models.bundle import SEEN_FILE, save_bundle
 from medfm.pretrain.base import METHODS
 from medfm.pretrain.config import PretrainConfig
-from medfm.runs import read_metrics
+from medfm.pretrain.data import corpus_rows
+from medfm.runs import fingerprint_path, read_metrics
 
 
 def export_bundle(
@@ -61,7 +63,33 @@ def export_bundle(
         "data": _corpus_summary(config),
     }
     out = Path(out) if out else run_dir / "bundle"
-    return save_bundle(out, state, bundle_config, model_card(bundle_config, metrics))
+    seen = seen_subjects(config)
+    files = {SEEN_FILE: seen.tensors()} if seen else {}
+    return save_bundle(out, state, bundle_config, model_card(bundle_config, metrics), files=files)
+
+
+def seen_subjects(config: PretrainConfig) -> SeenSubjects | None:
+    """The subjects (and content groups) of the pictures the run trained on; None without the corpus."""
+    root = Path(config.data.corpus)
+    if not (root / CATALOG).is_file():
+        return None
+    catalog = pd.read_parquet(root / CATALOG)
+    if "group" not in catalog.columns:  # a corpus built before subjects were grouped by content
+        catalog["group"] = catalog["subject_key"]
+    data = config.data
+    trained = corpus_rows(
+        root,
+        split=data.split,
+        modalities=data.modalities,
+        sources=data.sources,
+        fraction=data.fraction,
+        seed=config.train.seed,
+    )
+    duplicates = root / "duplicates.parquet"
+    dropped = pd.read_parquet(duplicates) if duplicates.is_file() else None
+    if dropped is not None and "copy_of" not in dropped.columns:
+        dropped = None
+    return SeenSubjects.from_corpus(catalog, catalog.loc[trained.index], dropped)
 
 
 def _corpus_summary(config: PretrainConfig) -> dict[str, Any]:
@@ -77,8 +105,11 @@ def _corpus_summary(config: PretrainConfig) -> dict[str, Any]:
         if config.data.sources:
             rows = rows[rows["source"].isin(config.data.sources)]
         used = {str(k): int(v) for k, v in rows.groupby("modality").size().items()}
+    catalog = root / CATALOG
     return {
         "corpus": root.name,
+        "corpus_path": str(root.resolve()),
+        "catalog_blake2b": fingerprint_path(catalog)["blake2b"] if catalog.is_file() else None,
         "images": summary.get("images"),
         "images_per_split": summary.get("images_per_split"),
         "subjects": summary.get("subjects"),
