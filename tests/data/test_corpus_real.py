@@ -60,6 +60,7 @@ def test_no_test_subject_of_any_task_is_in_corpus_train_or_val(built):
     dropped = pd.read_parquet(corpus / "duplicates.parquet")
     group_of = catalog.drop_duplicates("subject_key").set_index("subject_key")["group"]
     group_of = pd.concat([group_of, dropped.set_index("subject_key")["copy_of"].map(group_of).dropna()])
+    group_of = group_of[~group_of.index.duplicated()]
     split_of = catalog.groupby("group")["split"].agg(set)
     tasks = [(name, TASKS.get(name)()) for name in IMAGE_TASKS]
     tasks.append(("image_folder", ImageFolderTask(folder, label_column="finding", id_column="patient")))
