@@ -13,7 +13,7 @@ from medfm.cli import app
 from medfm.data.seen import SeenSubjects, key_hash, seen_by_keys
 from medfm.data.shards import read_picture
 from medfm.errors import DataError
-from medfm.evaluate.seen import SEEN_COLUMN, UNSEEN, needs_content
+from medfm.evaluate.seen import SEEN_COLUMN, UNSEEN, content_sources
 from medfm.evaluate.suite import EvalConfig, run_eval
 from medfm.models.bundle import SEEN_FILE
 from medfm.pretrain.job import load_pretrain_config, run_pretrain
@@ -35,12 +35,14 @@ def test_a_subject_is_seen_by_its_own_key_or_through_its_content_group():
     assert set(seen.subjects) == set(key_hash(["orig/p1", "orig/p2", "derived/7"]))
 
 
-def test_content_is_matched_only_where_keys_cannot_tell():
-    assert needs_content("image_folder:scans", {"pediatric_pneumonia_xray"})
-    assert needs_content("pneumoniamnist", {"pediatric_pneumonia_xray"})  # cut from a corpus source
-    assert needs_content("pediatric_pneumonia_xray", {"pneumoniamnist"})  # a corpus source is cut from it
-    assert not needs_content("pneumoniamnist", {"pneumoniamnist", "pediatric_pneumonia_xray"})
-    assert not needs_content("idrid_fundus", {"pediatric_pneumonia_xray"})
+def test_content_is_matched_where_keys_cannot_tell_against_the_relatives_pictures():
+    corpus = {"pediatric_pneumonia_xray", "pneumoniamnist", "idrid_fundus"}
+    assert content_sources("image_folder:scans", corpus) == corpus  # a user's folder: everything
+    # a test picture is looked for among the pictures of the source it was cut from, or cut into
+    assert content_sources("pneumoniamnist", corpus) == {"pediatric_pneumonia_xray"}
+    assert content_sources("pediatric_pneumonia_xray", corpus) == {"pneumoniamnist"}
+    assert content_sources("pneumoniamnist", {"idrid_fundus"}) == set()
+    assert content_sources("idrid_fundus", corpus) == set()
 
 
 @pytest.fixture(scope="module")

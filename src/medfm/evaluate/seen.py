@@ -55,43 +55,45 @@ class Pretraining:
     bundle: Path
     record: SeenSubjects | None
     config: dict[str, Any]
-    _pictures: Any = field(default=None, repr=False)
+    _pictures: dict[frozenset, Any] = field(default_factory=dict, repr=False)
 
     @property
     def sources(self) -> set[str]:
         return {s["source"] for s in self.config.get("data", {}).get("sources", [])}
 
-    def corpus(self):
-        """The pictures the encoder was trained on, or a reason they cannot be read (a str)."""
-        if self._pictures is not None:
-            return self._pictures
+    def corpus(self, sources: set[str]):
+        """The pictures of ``sources`` the encoder was trained on, or why they cannot be read (a str)."""
+        key = frozenset(sources)
+        if key not in self._pictures:
+            self._pictures[key] = self._read_corpus(sources)
+        return self._pictures[key]
+
+    def _read_corpus(self, sources: set[str]):
         data = self.config.get("data", {})
         path = Path(
             data.get("corpus_path")
             or self.config.get("pretrain_config", {}).get("data", {}).get("corpus", "")
         )
         if not (path / CATALOG).is_file():
-            self._pictures = f"its corpus is not at {path}"
-        elif fingerprint_path(path / CATALOG)["blake2b"] != data.get("catalog_blake2b"):
-            self._pictures = f"the corpus at {path} is not the one it was trained on (catalog fingerprint)"
-        else:
-            from medfm.pretrain.data import corpus_rows
+            return f"its corpus is not at {path}"
+        if fingerprint_path(path / CATALOG)["blake2b"] != data.get("catalog_blake2b"):
+            return f"the corpus at {path} is not the one it was trained on (catalog fingerprint)"
+        from medfm.pretrain.data import corpus_rows
 
-            pre = self.config["pretrain_config"]
-            rows = corpus_rows(
-                path,
-                split=pre["data"]["split"],
-                modalities=pre["data"]["modalities"],
-                sources=pre["data"]["sources"],
-                fraction=pre["data"]["fraction"],
-                seed=pre["train"]["seed"],
-            )
-            catalog = pd.read_parquet(path / CATALOG)
-            if "group" not in catalog.columns:  # a corpus built before subjects were grouped by content
-                catalog["group"] = catalog["subject_key"]
-            catalog = catalog[["sha256", "phash", "group"]]
-            self._pictures = corpus_pictures(path, rows.join(catalog))
-        return self._pictures
+        pre = self.config["pretrain_config"]
+        rows = corpus_rows(
+            path,
+            split=pre["data"]["split"],
+            modalities=pre["data"]["modalities"],
+            sources=pre["data"]["sources"],
+            fraction=pre["data"]["fraction"],
+            seed=pre["train"]["seed"],
+        )
+        catalog = pd.read_parquet(path / CATALOG)
+        if "group" not in catalog.columns:  # a corpus built before subjects were grouped by content
+            catalog["group"] = catalog["subject_key"]
+        rows = rows.join(catalog[["sha256", "phash", "group"]])
+        return corpus_pictures(path, rows[rows["source"].isin(sources)])
 
 
 def pretraining_of(source) -> Pretraining | None:
@@ -104,20 +106,20 @@ def pretraining_of(source) -> Pretraining | None:
     return Pretraining(source.path, SeenSubjects.load(folder), config or {})
 
 
-def needs_content(task_source: str, corpus_sources: set[str]) -> bool:
-    """Whether keys cannot tell: a user's folder, or a source related by derivation to a corpus source
-    that the corpus does not hold itself."""
+def content_sources(task_source: str, corpus_sources: set[str]) -> set[str]:
+    """The corpus sources whose training pictures a task's test pictures are matched with by content:
+    every one for a user's folder; for a source related by derivation to corpus sources, those relatives
+    (a PneumoniaMNIST test picture is looked for among the paediatric X-rays, and the other way round);
+    none where keys tell."""
     if task_source.startswith("image_folder:"):
-        return True
-    if task_source in corpus_sources or task_source not in SOURCES:
-        return False
-    derived_from = SOURCES.get(task_source).info.derived_from
-    derivatives = {
-        name
-        for name in corpus_sources
-        if name in SOURCES and SOURCES.get(name).info.derived_from == task_source
+        return set(corpus_sources)
+    if task_source not in SOURCES:
+        return set()
+    relatives = {SOURCES.get(task_source).info.derived_from}
+    relatives |= {
+        n for n in corpus_sources if n in SOURCES and SOURCES.get(n).info.derived_from == task_source
     }
-    return derived_from in corpus_sources or bool(derivatives)
+    return relatives & corpus_sources
 
 
 def check_task(data: TaskData, test: np.ndarray, pretraining: Pretraining) -> SeenCheck:
@@ -129,8 +131,9 @@ def check_task(data: TaskData, test: np.ndarray, pretraining: Pretraining) -> Se
         return SeenCheck(np.zeros(len(test), bool), 0, count, reason, checked=False)
     seen = seen_by_keys(pretraining.record, data.info.source, subjects)
     how = "keys"
-    if needs_content(data.info.source, pretraining.sources):
-        corpus = pretraining.corpus()
+    matched = content_sources(data.info.source, pretraining.sources)
+    if matched:
+        corpus = pretraining.corpus(matched)
         if isinstance(corpus, str):
             how = f"keys only: not matched by content, {corpus}"
             log.warning("task %s: test subjects checked by key only: %s", data.name, corpus)
@@ -138,7 +141,10 @@ def check_task(data: TaskData, test: np.ndarray, pretraining: Pretraining) -> Se
             log.info("task %s: matching %d test pictures with the pretraining pictures", data.name, len(test))
             by_content, cut = seen_by_content([data.inputs["image"][i] for i in test], corpus)
             seen |= by_content
-            how = f"keys and content: pixels, perceptual hash, thumbnails at r > {cut:.3f}"
+            how = (
+                f"keys, and content against the training pictures of {', '.join(sorted(matched))}: pixels, "
+                f"perceptual hash, thumbnails at r > {cut:.3f}"
+            )
     return SeenCheck(seen, len(np.unique(subjects[seen])), count, how)
 
 

@@ -41,7 +41,7 @@ from medfm.evaluate.protocols.knn import KnnConfig, knn_predict
 from medfm.evaluate.protocols.linear_probe import LinearProbeConfig, predict_probe, select_probe
 from medfm.evaluate.report import COMPARISON_COLUMNS, write_report
 from medfm.evaluate.scoring import score, score_draws
-from medfm.evaluate.seen import SEEN_COLUMN, check_task, pretraining_of, refuse_or_flag
+from medfm.evaluate.seen import SEEN_COLUMN, SeenCheck, check_task, pretraining_of, refuse_or_flag
 from medfm.evaluate.subsample import TrainSubsample, limit_examples, train_rows
 from medfm.evaluate.tasks import TASKS, TaskData, TaskInfo
 from medfm.evaluate.tasks.base import PROTOCOLS
@@ -359,12 +359,13 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 @dataclass
 class EvalMemo:
-    """What runs of one process can share: loaded tasks, and frozen features keyed by the backbone's
-    weights and preprocessing (so a grid of runs encodes each distinct backbone once)."""
+    """What runs of one process can share: loaded tasks, frozen features keyed by the backbone's weights
+    and preprocessing (so a grid of runs encodes each distinct backbone once), and seen-subject checks."""
 
     tasks: dict[str, TaskData] = field(default_factory=dict)
     features: dict[tuple, dict[bytes, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     encoding: dict[tuple, dict[str, float]] = field(default_factory=dict)  # first encoding's time and count
+    seen: dict[tuple, SeenCheck] = field(default_factory=dict)  # (bundle, task, test examples) -> check
 
     def task(self, name: str, options: dict[str, Any]) -> TaskData:
         key = f"{name}:{json.dumps(options, sort_keys=True, default=str)}"
@@ -483,7 +484,14 @@ class Evaluation:
         """Count the test subjects the encoder saw in pretraining; stop, or flag the unseen ones."""
         if self.pretraining is None:
             return data
-        check = check_task(data, test, self.pretraining)
+        key = (
+            str(self.pretraining.bundle),
+            data.name,
+            hashlib.blake2b(data.sample_ids[test].astype(str).tobytes()).hexdigest(),
+        )
+        if key not in self.memo.seen:  # a grid's cells evaluate one bundle on one task many times
+            self.memo.seen[key] = check_task(data, test, self.pretraining)
+        check = self.memo.seen[key]
         if check.checked:
             self.seen[data.name] = set(data.subjects[test][check.seen].astype(str))
         self.notes.append(
