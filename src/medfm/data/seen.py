@@ -108,7 +108,7 @@ def seen_by_content(
     corpus: CorpusPictures,
     threshold: float = DEFAULT_THRESHOLD,
     chunk: int = 2048,
-    calibration: int = 512,
+    calibration: int = 2048,
 ) -> tuple[np.ndarray, float]:
     """bool ``[N]``: whether each picture (``[C, H, W]``, as a task reads it) shows a picture the encoder
     was trained on: the same pixels after the corpus's fitting, a near perceptual hash, or a thumbnail
