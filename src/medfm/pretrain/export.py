@@ -152,7 +152,8 @@ def model_card(config: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         f"pretraining used split `{pre['data']['split']}`"
         + (f", modalities {pre['data']['modalities']}" if pre["data"]["modalities"] else "")
         + (f", {pre['data']['fraction']:.0%} of it" if pre["data"]["fraction"] < 1 else "")
-        + ".",
+        + ". The subjects of those pictures are recorded, hashed, in `seen_subjects.safetensors`: medfm's "
+        "evaluations count a task's test subjects found there and refuse to score them as unseen.",
         "",
         "| modality | pictures in the pretraining split |",
         "|---|---|",
