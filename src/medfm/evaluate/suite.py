@@ -513,10 +513,12 @@ class Evaluation:
         runs = OutOfFold(data, folds)
         models, skipped = plan_models(data, self.source, self.config)
         self.skipped += [f"task {name}: {reason}" for reason in skipped]
+        # validation predictions are pooled like test ones, so every fold needs a validation part
+        score_val = self.config.score_val and all(len(p["val"]) for p in parts)
         for model in models:
             backbone = model.make()
             for index, (fold_parts, fold_rows) in enumerate(zip(parts, rows)):
-                self.run_model(model, backbone, data, fold_parts, fold_rows, runs, first=index == 0)
+                self.run_model(model, backbone, data, fold_parts, fold_rows, runs, index == 0, score_val)
         if "classical" in self.config.baselines and data.info.classical:
             for fold_parts, fold_rows in zip(parts, rows):
                 start = time.time()
@@ -527,12 +529,20 @@ class Evaluation:
             self.record(pred, seconds, split, **details)
 
     def run_model(
-        self, model: Model, backbone: Backbone, data: TaskData, parts, rows, runs: OutOfFold, first: bool
+        self,
+        model: Model,
+        backbone: Backbone,
+        data: TaskData,
+        parts,
+        rows,
+        runs: OutOfFold,
+        first: bool,
+        score_val: bool,
     ) -> None:
-        """Every protocol of ``model`` on one fold; probabilities go to ``runs``."""
+        """Every protocol of ``model`` on one fold (``first``: log the backbone's cost); probabilities go
+        to ``runs``, validation ones too with ``score_val``."""
         train, val, test = parts["train"].select(rows), parts["val"], parts["test"]
         outputs, multilabel = data.num_outputs, data.info.multilabel
-        score_val = self.config.score_val and len(val) > 0
         backbone.fit(train.inputs)
         frozen = [p for p in model.protocols if p in FROZEN]
         if frozen:
