@@ -260,3 +260,14 @@ def test_console_summary_fits_an_80_column_terminal(tmp_path, image_folder, bund
     text = terminal.export_text()
     assert "tiny-mae" in text and "pixels_logreg" in text and "width" in text
     assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+
+
+def test_encoder_label_names_the_encoder_in_results_and_comparisons(tmp_path, image_folder, bundle):
+    config = folder_config(
+        tmp_path, image_folder, bundle, limit=60, protocols=["linear_probe"], baselines=["random_init"]
+    )
+    config.encoder_label = "mae-short"  # e.g. one recipe pretrained with several seeds in a grid
+    run_eval(config)
+    rows = pd.read_csv(tmp_path / "eval" / "results.csv")
+    assert set(rows.model) == {"mae-short", "test_vit (random init)"}
+    assert pd.read_csv(tmp_path / "eval" / "comparisons.csv").model_a.tolist() == ["mae-short (linear_probe)"]

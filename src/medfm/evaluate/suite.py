@@ -80,6 +80,9 @@ CPU_TASK_PROTOCOLS = {
 class EvalConfig:
     output: str = "runs/eval"
     encoder: str = ""  # a bundle folder, or a registered encoder name (random weights)
+    # the encoder's name in results (default: its bundle folder's); a grid over bundles that are one
+    # recipe with different seeds gives them one name, so the axis shows as an effect on one model
+    encoder_label: str = ""
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. image_folder: {root: ...}
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
@@ -387,6 +390,8 @@ class Evaluation:
         self.draws: dict[tuple[str, str, str], list[Predictions]] = defaultdict(list)
         self.memo = memo or EvalMemo()
         self.source = resolve_encoder(config.encoder) if config.encoder else None
+        if self.source is not None and config.encoder_label:
+            self.source = replace(self.source, label=config.encoder_label)
         self.pretraining = pretraining_of(self.source)
         self.seen: dict[str, set[str]] = {}  # per checked task: the test subjects pretraining saw
         self.infos: dict[str, TaskInfo] = {}  # as loaded: a folder task's modality is the user's
