@@ -24,6 +24,13 @@ class InlineExecutor(Executor):
         return future
 
 
+def one_thread() -> None:
+    """A worker initializer: one torch thread per process, so ``workers`` processes share the cores."""
+    import torch  # here, so a pool that never runs torch does not import it
+
+    torch.set_num_threads(1)
+
+
 def make_executor(workers: int, initializer: Callable[..., None] | None = None, initargs=()) -> Executor:
     """``workers`` spawned processes, or this process when ``workers`` is 0.
 

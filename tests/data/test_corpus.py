@@ -171,6 +171,30 @@ def test_torchrun_ranks_stream_distinct_samples(tmp_path):
     assert not set(result["shards"][0]) & set(result["shards"][1])
 
 
+# The parent runs a torch op on its thread pool first, as a test session or notebook has before a build;
+# a forked worker inherits that pool mid-state and hangs in its first torch op (the thumbnails' mean).
+AFTER_TORCH_RAN = """
+import numpy as np, torch
+from medfm.data.corpus import encoding_pool
+from medfm.data.links import thumbnails
+torch.rand(3, 3000, 3000).mean(dim=0)
+pool = encoding_pool(2)
+print(pool.submit(thumbnails, np.zeros((1, 2000, 2000), np.uint8)).result(timeout=120).shape)
+pool.shutdown()
+"""
+
+
+@pytest.mark.multiprocess
+def test_encoding_workers_run_torch_after_the_parent_did():
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", AFTER_TORCH_RAN]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(13, 784)"
+
+
 def test_worker_quotas_are_proportional_and_capped():
     from medfm.data.shards import _allocate
 

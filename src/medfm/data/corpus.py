@@ -30,7 +30,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from medfm.data.subjects import group_splits, subject_groups
 from medfm.data.tables import json_value
 from medfm.data.transforms import FIT_MODES, fit_to_size, pictures
 from medfm.errors import ConfigError, DataError
+from medfm.executors import make_executor, one_thread
 from medfm.log import get_logger, progress
 from medfm.runs import Run
 
@@ -239,9 +240,14 @@ def _encode_chunk(
     return [encode_picture(picture, size, fit, thumbs) for picture in pictures_chunk]
 
 
-def make_encoder(
-    pool: ProcessPoolExecutor | None, workers: int, size: int, fit: str, chunk: int = 32
-) -> Encoder:
+def encoding_pool(workers: int) -> Executor | None:
+    """``workers`` spawned processes of one torch thread each, or None (encode in this process) for 1.
+
+    Spawned: a forked child of a process whose torch thread pool has run hangs in its first torch op."""
+    return make_executor(workers, one_thread) if workers > 1 else None
+
+
+def make_encoder(pool: Executor | None, workers: int, size: int, fit: str, chunk: int = 32) -> Encoder:
     """An in-order map of :func:`encode_picture` over ``(row, picture)`` pairs, in ``pool`` when given.
 
     At most a few chunks per worker are in flight, so memory stays bounded however large the source.
@@ -380,7 +386,7 @@ def _staged_pngs(path: str) -> Iterator[bytes]:
 
 
 def _stage_all(config: CorpusConfig, roots: list[Path], staging: Path, salt: str) -> list[StageResult]:
-    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 else None
+    pool = encoding_pool(config.workers)
     try:
         encode = make_encoder(pool, config.workers, config.image_size, config.fit)
         results = []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medfm.evaluate.inputs import Split
-from medfm.executors import make_executor
+from medfm.executors import make_executor, one_thread
 from medfm.federated.config import FederateConfig
 from medfm.federated.data import read_federation, read_holder
 from medfm.federated.local import predict, scores, train_task
@@ -93,10 +93,6 @@ def train_baseline(
         "train_examples": len(train),
         **selection,
     }
-
-
-def one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def run_baselines(config: FederateConfig, federation_dir: Path, output: Path) -> list[dict]:

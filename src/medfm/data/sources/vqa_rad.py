@@ -196,7 +196,5 @@ class VqaRadSource(SourceAdapter):
             splits = sorted({qa["official_split"] for qa in self.questions.get(image_name, [])})
             # an image asked about in the official test split is a test image, wherever else it occurs
             official = "test" if "test" in splits else (splits[0] if splits else None)
-            meta = self.meta(
-                sample_id=shared["subject_id"], **shared, splits=splits, official_split=official
-            )
+            meta = self.meta(sample_id=shared["subject_id"], **shared, splits=splits, official_split=official)
             yield {"image": image, "meta": meta}
