@@ -16,8 +16,11 @@ import torch
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's CPU (and CUDA) generators seeded with ``seed``; restore them afterwards."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    """Run the block with torch's CPU (and CUDA) generators seeded with ``seed``; restore them afterwards.
+
+    CUDA generators are saved only once CUDA has started: reading their state starts CUDA on every
+    device, which a CPU-only probe or a worker process must not pay for."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from medfm.cli import app
+from medfm.data.dedup import near_any
 from medfm.data.seen import SeenSubjects, key_hash, seen_by_keys
 from medfm.data.shards import read_picture
 from medfm.errors import DataError
@@ -33,6 +34,25 @@ def test_a_subject_is_seen_by_its_own_key_or_through_its_content_group():
     assert seen_by_keys(seen, "orig", ["p1", "p2", "p3"]).tolist() == [True, True, False]
     assert seen_by_keys(seen, "copies", ["9"]).tolist() == [True]
     assert set(seen.subjects) == set(key_hash(["orig/p1", "orig/p2", "derived/7"]))
+
+
+def test_a_key_in_several_pairs_is_seen_when_any_of_its_groups_was_trained():
+    """A dropped copy of a trained picture and of an untrained one: the key has two pairs, and the
+    trained group must win whichever pair comes last."""
+    catalog = pd.DataFrame({"subject_key": ["orig/a", "orig/b"], "group": ["orig/a", "orig/b"]})
+    dropped = pd.DataFrame({"subject_key": ["copies/9", "copies/9"], "copy_of": ["orig/a", "orig/b"]})
+    seen = SeenSubjects.from_corpus(catalog, catalog.iloc[[0]], dropped)
+    assert seen_by_keys(seen, "copies", ["9"]).tolist() == [True]
+
+
+def test_a_near_copy_is_found_even_when_another_test_picture_is_nearer_first():
+    """Hashes within 2 bits: t2 is 2 bits from the trained picture c, t1 is 2 bits from t2 and 4 from c,
+    and t1 shares the band of t2 that is searched first."""
+    c = 0
+    t2 = 0b11  # bits 0 and 1: the first band
+    t1 = t2 | (0b11 << 100)  # and two bits of the second band
+    assert near_any([c], [t1, t2], max_bits=2).tolist() == [False, True]
+    assert near_any([], [t2], max_bits=2).tolist() == [False]
 
 
 def test_content_is_matched_where_keys_cannot_tell_against_the_relatives_pictures():

@@ -35,13 +35,18 @@ def perceptual_hash(image: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
+def _bands(max_bits: int) -> list[tuple[int, int]]:
+    """(shift, mask) of ``max_bits + 1`` bands: two hashes within ``max_bits`` bits agree on one band."""
+    bounds = [int(b) for b in np.linspace(0, HASH_BITS, max_bits + 2)]
+    return [(lo, (1 << (hi - lo)) - 1) for lo, hi in itertools.pairwise(bounds)]
+
+
 def near_duplicate_of(hashes: list[int], max_bits: int) -> list[int]:
     """For each hash, the index of the earlier kept hash it duplicates, or its own index if it is kept."""
     result = list(range(len(hashes)))
     if max_bits < 0:
         return result
-    bounds = [int(b) for b in np.linspace(0, HASH_BITS, max_bits + 2)]
-    bands = [(lo, (1 << (hi - lo)) - 1) for lo, hi in itertools.pairwise(bounds)]
+    bands = _bands(max_bits)
     buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in bands]
     for index, value in enumerate(hashes):
         keys = [(value >> lo) & mask for lo, mask in bands]
@@ -60,3 +65,24 @@ def near_duplicate_of(hashes: list[int], max_bits: int) -> list[int]:
         else:
             result[index] = match
     return result
+
+
+def near_any(references: list[int], queries: list[int], max_bits: int) -> np.ndarray:
+    """bool per query: whether any reference hash is within ``max_bits`` bits of it (queries are never
+    references of one another, so one query cannot stand between another and its match)."""
+    bands = _bands(max_bits)
+    buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in bands]
+    for value in references:
+        for (lo, mask), bucket in zip(bands, buckets):
+            bucket[(value >> lo) & mask].append(value)
+    return np.array(
+        [
+            any(
+                (kept ^ value).bit_count() <= max_bits
+                for (lo, mask), bucket in zip(bands, buckets)
+                for kept in bucket.get((value >> lo) & mask, ())
+            )
+            for value in queries
+        ],
+        dtype=bool,
+    )

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import yaml
 
-from medfm.data.dedup import near_duplicate_of, perceptual_hash, pixel_digest
+from medfm.data.dedup import near_any, perceptual_hash, pixel_digest
 from medfm.data.links import CROPS, DEFAULT_THRESHOLD, FULL, THUMB, best_over_crops, standardised, thumbnails
 from medfm.data.shards import read_picture
 from medfm.data.transforms import fit_to_size
@@ -87,9 +87,8 @@ class SeenSubjects:
 def seen_by_keys(seen: SeenSubjects, source: str, subjects: Sequence[str]) -> np.ndarray:
     """bool ``[N]``: whether each subject of ``source`` (or its content group) was trained on."""
     hashes = key_hash(f"{source}/{s}" for s in subjects)
-    group_of = dict(zip(seen.keys.tolist(), seen.groups.tolist()))
-    groups = np.array([group_of.get(h, h) for h in hashes.tolist()], dtype=np.int64)
-    return np.isin(hashes, seen.subjects) | np.isin(groups, seen.subjects)
+    in_trained_group = seen.keys[np.isin(seen.groups, seen.subjects)]  # a key can be in several pairs
+    return np.isin(hashes, seen.subjects) | np.isin(hashes, in_trained_group)
 
 
 @dataclass
@@ -119,10 +118,9 @@ def seen_by_content(
     pictures of *other* subjects (known different patients), so that it links none of those."""
     fitted = [fit_to_size(np.asarray(p), corpus.image_size, corpus.fit) for p in pictures]
     seen = np.isin([pixel_digest(f) for f in fitted], corpus.rows["sha256"].to_numpy())
-    if corpus.near_bits >= 0:  # the corpus's hashes first: a task picture led by one of them is a near copy
-        hashes = [int(h, 16) for h in corpus.rows["phash"]] + [perceptual_hash(f) for f in fitted]
-        leader = np.asarray(near_duplicate_of(hashes, corpus.near_bits))[len(corpus.rows) :]
-        seen |= leader < len(corpus.rows)
+    if corpus.near_bits >= 0:
+        trained = [int(h, 16) for h in corpus.rows["phash"]]
+        seen |= near_any(trained, [perceptual_hash(f) for f in fitted], corpus.near_bits)
     rows = corpus.rows.reset_index(drop=True)
     sample = rows.iloc[np.sort(np.random.default_rng(0).permutation(len(rows))[:calibration])]
     queries = _thumbnails_of(list(pictures))
