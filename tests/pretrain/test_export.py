@@ -1,8 +1,12 @@
+import shutil
+
+import pandas as pd
 import pytest
 import torch
 
 from medfm.config import load_config
-from medfm.errors import MedfmError
+from medfm.data.shards import CATALOG
+from medfm.errors import DataError, MedfmError
 from medfm.models.bundle import load_bundle
 from medfm.pretrain.config import PretrainConfig
 from medfm.pretrain.export import export_bundle
@@ -68,3 +72,16 @@ def test_resume_false_starts_over_without_stale_checkpoints(tiny_corpus, tmp_pat
     tiny_run(tiny_corpus, run, "resume=false")  # 3 steps from scratch
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000003"]
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
+def test_a_corpus_changed_since_training_is_refused_at_export(tiny_corpus, tmp_path):
+    """The record of seen subjects is read from the corpus at export, so it must be the trained-on one."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    run = tiny_run(corpus, tmp_path / "run")
+    export_bundle(run, tmp_path / "same")  # unchanged: exports
+    catalog = pd.read_parquet(corpus / CATALOG)
+    catalog["split"] = catalog["split"].iloc[::-1].to_numpy()  # a rebuild that moved subjects
+    catalog.to_parquet(corpus / CATALOG)
+    with pytest.raises(DataError, match="changed since"):
+        export_bundle(run, tmp_path / "changed")

@@ -12,7 +12,7 @@ from medfm.config import config_to_dict, load_config
 from medfm.data.seen import SeenSubjects
 from medfm.data.shards import CATALOG
 from medfm.engine.checkpoint import STATE, latest_checkpoint, load_tensors
-from medfm.errors import MedfmError
+from medfm.errors import DataError, MedfmError
 from medfm.models.bundle import SEEN_FILE, save_bundle
 from medfm.pretrain.base import METHODS
 from medfm.pretrain.config import PretrainConfig
@@ -63,9 +63,29 @@ def export_bundle(
         "data": _corpus_summary(config),
     }
     out = Path(out) if out else run_dir / "bundle"
+    check_corpus_unchanged(run_dir, Path(config.data.corpus))
     seen = seen_subjects(config)
     files = {SEEN_FILE: seen.tensors()} if seen else {}
     return save_bundle(out, state, bundle_config, model_card(bundle_config, metrics), files=files)
+
+
+def check_corpus_unchanged(run_dir: Path, corpus: Path) -> None:
+    """Refuse to export when the corpus differs from the one the run trained on: the bundle's record of
+    the subjects it saw is read from the corpus, and a rebuilt corpus would put other subjects in it."""
+    provenance = run_dir / "provenance.json"
+    if not provenance.is_file() or not corpus.is_dir():
+        return
+    record = json.loads(provenance.read_text())
+    trained_on = {
+        segment.get("data", {}).get("corpus", {}).get("blake2b")
+        for segment in [record, *record.get("earlier_segments", [])]
+    } - {None}
+    if trained_on and trained_on != {fingerprint_path(corpus)["blake2b"]}:
+        raise DataError(
+            f"{corpus} changed since {run_dir} trained on it (its fingerprint differs from the run's "
+            "provenance.json): the bundle cannot tell which subjects it saw; export with the corpus the "
+            "run used, or pretrain again on this one"
+        )
 
 
 def seen_subjects(config: PretrainConfig) -> SeenSubjects | None:
