@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
@@ -128,6 +131,21 @@ def test_a_folder_of_pretraining_pictures_is_refused_unless_allowed(bundle, scan
     # the 20 corpus pictures are found by content, the 20 others are not
     assert auroc.loc["test", "n"] == 40 and auroc.loc["test", SEEN_COLUMN] == 20
     assert auroc.loc[UNSEEN, "n"] == 20 and auroc.loc[UNSEEN, SEEN_COLUMN] == 0
+
+
+@pytest.mark.slow
+def test_a_folder_unmatched_for_want_of_the_corpus_has_an_unknown_count(bundle, scans, tmp_path):
+    """Keys cannot tell a user's folder apart: without the corpus the count is unknown, never 0."""
+    moved = tmp_path / "bundle"
+    shutil.copytree(bundle, moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    config["data"]["corpus_path"] = str(tmp_path / "gone")
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    run_eval(folder_eval(moved, scans, tmp_path / "unknown"))
+    rows = pd.read_csv(tmp_path / "unknown" / "results.csv")
+    assert rows[SEEN_COLUMN].isna().all()
+    report = (tmp_path / "unknown" / "results.md").read_text()
+    assert "unknown how many of 40 test subjects seen in pretraining (keys only" in report
 
 
 @pytest.mark.slow

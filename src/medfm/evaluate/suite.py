@@ -489,9 +489,10 @@ class Evaluation:
         """Count the test subjects the encoder saw in pretraining; stop, or flag the unseen ones."""
         if self.pretraining is None:
             return data
-        key = (
+        key = (  # the options too: two folders can hold the same file names
             str(self.pretraining.bundle),
             data.name,
+            json.dumps(self.config.task_options.get(data.name, {}), sort_keys=True, default=str),
             hashlib.blake2b(data.sample_ids[test].astype(str).tobytes()).hexdigest(),
         )
         if key not in self.memo.seen:  # a grid's cells evaluate one bundle on one task many times
@@ -499,10 +500,8 @@ class Evaluation:
         check = self.memo.seen[key]
         if check.checked:
             self.seen[data.name] = set(data.subjects[test][check.seen].astype(str))
-        self.notes.append(
-            f"Task {data.name}: {check.subjects} of {check.of} test subjects seen in pretraining "
-            f"({check.how})."
-        )
+        found = f"{check.subjects} of {check.of}" if check.checked else f"unknown how many of {check.of}"
+        self.notes.append(f"Task {data.name}: {found} test subjects seen in pretraining ({check.how}).")
         return refuse_or_flag(data, test, check, self.config.allow_seen, self.pretraining.bundle)
 
     def task(self, name: str) -> None:
