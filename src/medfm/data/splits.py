@@ -14,7 +14,7 @@ under its source's rule (through a derived image linked to its original too, see
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -65,13 +65,6 @@ def assign_split(subject_key: str, fractions: Mapping[str, float], seed: int = 0
         if position < edge:
             return name
     return list(fractions)[-1]
-
-
-def subject_splits(
-    subject_keys: Iterable[str], fractions: Mapping[str, float], seed: int = 0
-) -> dict[str, str]:
-    check_fractions(fractions)
-    return {key: assign_split(key, fractions, seed) for key in set(subject_keys)}
 
 
 def held_out_splits(votes: pd.DataFrame, subject: str = "subject_key", vote: str = "vote") -> pd.Series:

@@ -43,8 +43,8 @@ def folds_for(data: TaskData, cv_folds: int, below: int) -> int:
     """How many folds ``data`` is cross-validated with (0: its own split).
 
     ``cv_folds``: :data:`AUTO` cross-validates a folder of images (task ``image_folder``) with a subject
-    split and fewer than ``below`` examples in :data:`AUTO_FOLDS` folds; 0 never; k >= 2 always (tasks
-    with an official split excepted: their split is the point of the task)."""
+    split and fewer than ``below`` examples in :data:`AUTO_FOLDS` folds; 0 never; k >= 2 always, except
+    that a task with an official split refuses it (its split is the point of the task)."""
     if cv_folds == AUTO:
         small = data.name == "image_folder" and data.info.split == "subject" and len(data) < below
         return AUTO_FOLDS if small else 0
