@@ -277,7 +277,8 @@ class FoldRun:
 
 class OutOfFold:
     """Each run's probabilities gathered over the folds of a task and pooled in fold order: with one fold
-    (the task's own split) exactly that fold's predictions; with cross-validation every example once."""
+    (the task's own split) exactly that fold's predictions; with cross-validation every test example once
+    (a validation example can recur: each fold draws its validation part from its own training subjects)."""
 
     def __init__(self, data: TaskData, folds: list[Fold]):
         self.data = data
