@@ -73,3 +73,22 @@ def test_every_registered_task_splits_as_its_source_does_in_a_corpus():
             assert rule.official_test, f"{name}: the corpus must hold out {info.source}'s official test split"
         else:
             assert dict(info.fractions) == dict(rule.fractions or CORPUS_FRACTIONS), name
+
+
+def test_a_dropped_copy_still_votes_for_its_group():
+    # an official test picture dropped as an exact copy of a training picture holds that picture out
+    train_key = next(f"orig/p{i}" for i in range(100) if assign_split(f"orig/p{i}", FRACTIONS) == "train")
+    table = pd.DataFrame(
+        {"adapter": ["orig"], "subject_key": [train_key], "official_split": [None], "group": [train_key]}
+    )
+    copy = pd.DataFrame(
+        {
+            "adapter": ["derived"],
+            "subject_key": ["derived/7"],
+            "official_split": ["test"],
+            "group": [train_key],
+        }
+    )
+    rules = {"orig": SplitRule(), "derived": SplitRule(hashed=False, official_test=True)}
+    assert group_splits(table, rules, FRACTIONS).tolist() == ["train"]
+    assert group_splits(table, rules, FRACTIONS, voters=copy).tolist() == ["test"]

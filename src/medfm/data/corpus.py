@@ -330,9 +330,15 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
         *zip(links["derived_key"], links["original_key"]),
         *zip(copies["subject_key"], copies["copy_of"]),
     ]
-    table["group"] = table["subject_key"].map(subject_groups(table["subject_key"], joins))
+    groups = subject_groups(table["subject_key"], joins)  # the copies' keys too: they are in the joins
+    table["group"] = table["subject_key"].map(groups)
+    adapter_of = {r.index: r.adapter for r in staged}
+    voters = copies.assign(
+        adapter=copies["source_index"].map(adapter_of), group=copies["subject_key"].map(groups)
+    )
     rules = {r.adapter: SOURCES.get(r.adapter).info.split for r in staged}
-    table["split"] = group_splits(table, rules, config.splits, config.split_seed)
+    table["split"] = group_splits(table, rules, config.splits, config.split_seed, voters)
+    duplicates = duplicates.drop(columns=["source_index", "official_split"])
     for column in ("subject_key", "group"):
         leaked = subjects_in_several_splits(table, subject=column)
         if leaked:  # cannot happen by construction; checked because a leak would be silent otherwise
@@ -446,7 +452,7 @@ def _dedupe(table: pd.DataFrame, near_bits: int) -> tuple[pd.DataFrame, pd.DataF
         copy_of=kept["subject_key"].to_numpy()[leader[~is_first]],
     )
     columns = ["source", "sample_id", "subject_id", "subject_key", "slice_axis", "slice_index", "reason"]
-    columns += ["duplicate_of", "copy_of"]
+    columns += ["duplicate_of", "copy_of", "source_index", "official_split"]  # the last two: for split votes
     dropped = pd.concat([exact[columns], near[columns]], ignore_index=True)
     return kept[is_first].reset_index(drop=True), dropped
 

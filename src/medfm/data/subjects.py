@@ -41,16 +41,21 @@ def group_splits(
     rules: Mapping[str, SplitRule],
     fractions: Mapping[str, float],
     seed: int = 0,
+    voters: pd.DataFrame | None = None,
 ) -> pd.Series:
     """The split of every row of ``table`` (columns ``adapter``, ``subject_key``, ``group``,
-    ``official_split``): each row votes under its adapter's rule, each group takes its most held-out vote."""
+    ``official_split``): each row votes under its adapter's rule, each group takes its most held-out vote.
+
+    ``voters`` (same columns) vote without being assigned: pictures dropped as exact copies of a kept one,
+    whose own rule may hold the group out (an official test copy of a training picture)."""
+    every = table if voters is None else pd.concat([table, voters], ignore_index=True)
     votes = pd.DataFrame(
         {
-            "group": table["group"].to_numpy(),
+            "group": every["group"].to_numpy(),
             "vote": [
                 rules[adapter].vote(key, official, fractions, seed)
                 for adapter, key, official in zip(
-                    table["adapter"], table["subject_key"], table["official_split"]
+                    every["adapter"], every["subject_key"], every["official_split"]
                 )
             ],
         }
