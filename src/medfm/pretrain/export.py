@@ -70,19 +70,21 @@ def export_bundle(
 
 
 def check_corpus_unchanged(run_dir: Path, corpus: Path) -> None:
-    """Refuse to export when the corpus differs from the one the run trained on: the bundle's record of
-    the subjects it saw is read from the corpus, and a rebuilt corpus would put other subjects in it."""
+    """Refuse to export when the corpus catalog differs from the one the run trained on: the bundle's
+    record of the subjects it saw is read from the catalog, and a rebuilt corpus can split them otherwise.
+
+    The catalog, not the whole folder: a rebuild with the same content writes new logs beside it."""
     provenance = run_dir / "provenance.json"
-    if not provenance.is_file() or not corpus.is_dir():
+    if not provenance.is_file() or not (corpus / CATALOG).is_file():
         return
     record = json.loads(provenance.read_text())
     trained_on = {
-        segment.get("data", {}).get("corpus", {}).get("blake2b")
+        segment.get("data", {}).get("catalog", {}).get("blake2b")
         for segment in [record, *record.get("earlier_segments", [])]
-    } - {None}
-    if trained_on and trained_on != {fingerprint_path(corpus)["blake2b"]}:
+    } - {None}  # runs from before the catalog was recorded are not checked
+    if trained_on and trained_on != {fingerprint_path(corpus / CATALOG)["blake2b"]}:
         raise DataError(
-            f"{corpus} changed since {run_dir} trained on it (its fingerprint differs from the run's "
+            f"{corpus} changed since {run_dir} trained on it (its catalog differs from the run's "
             "provenance.json): the bundle cannot tell which subjects it saw; export with the corpus the "
             "run used, or pretrain again on this one"
         )

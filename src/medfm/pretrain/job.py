@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from medfm.config import load_config
+from medfm.data.shards import CATALOG
 from medfm.engine.checkpoint import STATE, latest_checkpoint
 from medfm.engine.distributed import cleanup_distributed, setup_distributed
 from medfm.engine.trainer import Trainer
@@ -59,7 +60,7 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
                 output,
                 config,
                 seeds={"seed": config.train.seed},
-                data={"corpus": data.corpus},
+                data={"corpus": data.corpus, "catalog": Path(data.corpus) / CATALOG},
                 resume_step=resume_step,
             )
             log.info(
